@@ -1,0 +1,1 @@
+"""torchdecoupled: decoupled learning (delayed gradients, local losses) for PyTorch."""

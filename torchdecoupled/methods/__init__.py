@@ -1,0 +1,21 @@
+"""The method registry: name -> factory(**options) -> Method. Semantics: shared/spec/methods.md."""
+from __future__ import annotations
+
+from . import adl, bp, ddg, fdg
+from .base import Method
+
+METHODS = {
+    "bp": bp.make,
+    "ddg": ddg.make,
+    "fdg": fdg.make,
+    "adl": adl.make,
+}
+
+
+def get_method(name: str, **opts) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} (valid: {', '.join(sorted(METHODS))})")
+    return METHODS[name](**opts)
+
+
+__all__ = ["METHODS", "Method", "get_method"]

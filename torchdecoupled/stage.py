@@ -1,0 +1,252 @@
+"""One stage: its layers, its optimizer and scheduler, and what it keeps for in-flight batches.
+
+This is the only place compute happens; the simulator and the distributed engine both call it.
+
+A delayed backward must differentiate the computation that produced the batch's output (spec, "What a
+delayed backward differentiates"):
+
+- ``stash``: the forward runs on a snapshot of the weights (``torch.func.functional_call``), so the
+  in-place ``optimizer.step()`` of later ticks never touches the tensors autograd saved (PipeDream's
+  weight stashing). Batches forwarded with the same weight version share one snapshot.
+- ``recompute``: keep only the stage input; at B run the forward again with the current weights on
+  copies of the BatchNorm buffers (running statistics move once per batch, at F) and with the same
+  dropout masks (every forward of batch b draws from a generator seeded by (seed, stage, b)).
+
+Gradients are taken with ``torch.autograd.grad`` and summed into ``p.grad`` (ADL accumulates M of them);
+``update()`` steps the optimizer and clears them.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .methods import Method
+from .schedule import Schedule
+
+
+@dataclass
+class InFlight:
+    version: int                        # updates made before the forward
+    x: torch.Tensor | None              # stage input (kept for recompute, or a leaf whose grad goes down)
+    root: torch.Tensor | None           # output or loss, with its graph (None under recompute)
+    params: list[torch.Tensor] | None   # the weight snapshot the forward used (stash with delay)
+    nbytes: int = 0                     # stored activation / input bytes (snapshot counted separately)
+
+
+@dataclass
+class Telemetry:
+    staleness: list[tuple[int, int]] = field(default_factory=list)   # (batch, tau)
+    losses: list[tuple[int, torch.Tensor, torch.Tensor, int]] = field(default_factory=list)  # (b, loss, correct, n)
+    peak_bytes: int = 0                  # peak stored bytes over the run
+    epoch_peak_bytes: int = 0            # peak since the last collect
+
+
+class Stage:
+    def __init__(self, index: int, schedule: Schedule, method: Method, module: nn.Module,
+                 optimizer: torch.optim.Optimizer, *, scheduler=None,
+                 criterion: Callable | None = None, head: nn.Module | None = None,
+                 predictor: Callable | None = None, seed: int = 0, batches_per_epoch: int = 1):
+        K = schedule.num_stages
+        self.index, self.schedule, self.method = index, schedule, method
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.criterion = criterion if criterion is not None else nn.functional.cross_entropy
+        self.head, self.predictor = head, predictor
+        self.seed, self.batches_per_epoch = seed, batches_per_epoch
+        self.is_last = index == K - 1
+        self.is_local = schedule.family == "local" and not self.is_last
+        self.sends_grad = index > 0 and schedule.family != "local"
+        self.delayed = schedule.delay(index) > 0
+        self.recompute = method.activations == "recompute" and self.delayed
+        self.shrink = method.beta if (not self.is_last and schedule.family != "local") else 1.0
+        if self.is_local and head is None:
+            raise ValueError(f"stage {index} of a local-learning method needs an auxiliary head")
+        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.head_params = [p for p in head.parameters() if p.requires_grad] if head is not None else []
+        self.num_updates = 0
+        self.inflight: dict[int, InFlight] = {}
+        self.telemetry = Telemetry()
+        self._snapshot: tuple[int, list[torch.Tensor]] | None = None
+        self._sched_steps = 0
+        self._last_backward = -1
+        dev = self.params[0].device if self.params else torch.device("cpu")
+        self.device = dev
+        self._rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _rng(self, b: int):
+        """Dropout masks of batch b depend on (seed, stage, b) only: equal in F and recompute, in one
+        process or many."""
+        seed = (self.seed * 1_000_003 + self.index * 7_919 + b) % (2**63)
+        with torch.random.fork_rng(devices=self._rng_devices):
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed would also seed every backend
+            for i in self._rng_devices:
+                torch.cuda.default_generators[i].manual_seed(seed)
+            yield
+
+    def _call(self, x, weights: list[torch.Tensor] | None, buffers: dict | None = None):
+        if weights is None and buffers is None:
+            return self.module(x)
+        tensors = dict(zip(self.names, weights if weights is not None else self.params))
+        if buffers:
+            tensors.update(buffers)
+        return functional_call(self.module, tensors, (x,))
+
+    def _snapshot_params(self) -> list[torch.Tensor]:
+        if self._snapshot is None or self._snapshot[0] != self.num_updates:
+            snap = [p.detach().clone().requires_grad_(True) for p in self.params]
+            self._snapshot = (self.num_updates, snap)
+        return self._snapshot[1]
+
+    def _track_bytes(self) -> None:
+        snaps = {id(r.params): sum(t.nbytes for t in r.params) for r in self.inflight.values() if r.params}
+        now = sum(r.nbytes for r in self.inflight.values()) + sum(snaps.values())
+        t = self.telemetry
+        t.peak_bytes = max(t.peak_bytes, now)
+        t.epoch_peak_bytes = max(t.epoch_peak_bytes, now)
+
+    @property
+    def stored_bytes(self) -> int:
+        snaps = {id(r.params): sum(t.nbytes for t in r.params) for r in self.inflight.values() if r.params}
+        return sum(r.nbytes for r in self.inflight.values()) + sum(snaps.values())
+
+    # ---- F, B, U -------------------------------------------------------------------------------
+    def forward(self, b: int, x: torch.Tensor, y: torch.Tensor | None = None,
+                x0: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Forward batch b; return the activation to send up (detached), or None at the last stage."""
+        x = x.to(self.device, non_blocking=True)
+        if self.recompute:
+            weights = None
+            if self.predictor is not None:
+                weights = self.predictor(self, self.schedule.staleness(self.index, b))
+            with torch.no_grad(), self._rng(b):
+                out = self._call(x, weights)
+            self.inflight[b] = InFlight(self.num_updates, x, None, None, x.nbytes)
+            self._track_bytes()
+            return out
+        if self.sends_grad:
+            x = x.detach().requires_grad_(True)
+        weights = self._snapshot_params() if self.delayed else None
+        skip = {t.untyped_storage().data_ptr() for t in (weights or self.params)}
+        saved: dict[int, int] = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in skip:
+                saved[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self._rng(b):
+            out = self._call(x, weights)
+            root, send = out, out.detach()
+            if self.is_last:
+                root, send = self._loss(b, out, y), None
+            elif self.is_local:
+                root = self.head.loss(out, y.to(self.device), x0.to(self.device) if x0 is not None else None)
+        saved.setdefault(out.untyped_storage().data_ptr(), out.untyped_storage().nbytes())
+        self.inflight[b] = InFlight(self.num_updates, x, root, weights, sum(saved.values()))
+        self._track_bytes()
+        return send
+
+    def _loss(self, b: int, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = y.to(self.device, non_blocking=True)
+        loss = self.criterion(out, y)
+        correct = (out.detach().argmax(1) == y).sum() if out.dim() == 2 else torch.zeros(())
+        self.telemetry.losses.append((b, loss.detach(), correct, y.shape[0]))
+        return loss
+
+    def backward(self, b: int, grad: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Backward batch b with the gradient received from above (None where the stage has its own
+        loss); sum the parameter gradients into p.grad; return the gradient to send down, or None."""
+        if b not in self.inflight:
+            raise RuntimeError(f"stage {self.index}: backward of batch {b} without its forward")
+        rec = self.inflight.pop(b)
+        self.telemetry.staleness.append((b, self.num_updates - rec.version))
+        self._last_backward = b
+        if (b + 1) % self.batches_per_epoch == 0:
+            self._sched_steps += 1
+        x, root, weights = rec.x, rec.root, rec.params
+        if self.recompute:  # re-run the forward with the current weights, BN buffers untouched
+            x = x.detach().requires_grad_(self.sends_grad)
+            buffers = {n: t.clone() for n, t in self.module.named_buffers()}
+            with self._rng(b):
+                root = self._call(x, None, buffers)
+        grad_out = None
+        if grad is not None:
+            grad = grad.to(self.device, non_blocking=True)
+            grad_out = grad * self.shrink if self.shrink != 1.0 else grad  # FDG gradient shrinking
+        params = (weights if weights is not None else self.params) + self.head_params
+        inputs = params + ([x] if self.sends_grad else [])
+        grads = torch.autograd.grad(root, inputs, grad_out, allow_unused=True)
+        for p, g in zip(self.params + self.head_params, grads[: len(params)]):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad += g
+        self._track_bytes()
+        return grads[-1] if self.sends_grad else None
+
+    def update(self) -> None:
+        """Apply the summed gradients (with ADL's warm-up factor), clear them, step the LR schedule."""
+        factor = self._warmup_factor()
+        if factor != 1.0:
+            lrs = [g["lr"] for g in self.optimizer.param_groups]
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * factor
+        self.optimizer.step()
+        if factor != 1.0:
+            for g, lr in zip(self.optimizer.param_groups, lrs):
+                g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_updates += 1
+        while self._sched_steps:
+            self._sched_steps -= 1
+            if self.scheduler is not None:
+                self.scheduler.step()
+
+    def _warmup_factor(self) -> float:
+        w = self.method.warmup_epochs
+        if w <= 0:
+            return 1.0
+        progress = (self._last_backward + 1) / self.batches_per_epoch
+        return 0.01 + 0.99 * min(1.0, progress / w)
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain forward in eval mode with the current weights."""
+        was = self.module.training
+        self.module.eval()
+        try:
+            return self.module(x.to(self.device, non_blocking=True))
+        finally:
+            self.module.train(was)
+
+    def collect(self, epoch: int) -> dict:
+        """Pop the telemetry of batches of the given epoch (and earlier)."""
+        t, n = self.telemetry, self.batches_per_epoch
+        taus = [tau for b, tau in t.staleness if b // n <= epoch]
+        t.staleness = [(b, tau) for b, tau in t.staleness if b // n > epoch]
+        losses = [r for r in t.losses if r[0] // n <= epoch]
+        t.losses = [r for r in t.losses if r[0] // n > epoch]
+        out = {
+            "tau_mean": sum(taus) / len(taus) if taus else 0.0,
+            "tau_max": max(taus) if taus else 0,
+            "peak_bytes": t.epoch_peak_bytes,
+            "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else 0.0,
+        }
+        if losses:
+            n_tot = sum(r[3] for r in losses)
+            out["loss_sum"] = float(sum(r[1].item() * r[3] for r in losses))
+            out["correct"] = int(sum(int(r[2]) for r in losses))
+            out["samples"] = n_tot
+        t.epoch_peak_bytes = self.stored_bytes
+        return out

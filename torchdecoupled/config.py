@@ -41,6 +41,11 @@ class RunConfig:
     dtype: str = "float32"
     device: str = "cpu"
     engine: str = "sim"
+    replicas: int = 1                  # dist engine: data-parallel replicas per stage (K x D processes)
+    backend: str | None = None         # dist engine: gloo or nccl (default: nccl on cuda, else gloo)
+    timeout: float = 60.0              # dist engine: seconds a stage waits on a peer before failing
+    init_method: str | None = None     # dist engine: e.g. tcp://host:port or file:///path (default: free port)
+    trace: bool = True                 # dist engine: record the timeline (Chrome trace + Gantt PNG)
     out: str | None = None
     progress: bool = True
     threads: int | None = None
@@ -70,6 +75,12 @@ class RunConfig:
             raise ValueError(f"unknown --dtype {c.dtype!r} (valid: {', '.join(DTYPES)})")
         if c.engine not in ("sim", "dist"):
             raise ValueError(f"unknown --engine {c.engine!r} (valid: sim, dist)")
+        if c.replicas < 1:
+            raise ValueError(f"--replicas must be >= 1, got {c.replicas}")
+        if c.replicas > 1 and c.engine != "dist":
+            raise ValueError(f"--replicas {c.replicas} needs --engine dist (the simulator runs one replica)")
+        if c.timeout <= 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {c.timeout}")
         c.milestones = tuple(int(m) for m in c.milestones)
         return c
 

@@ -50,12 +50,14 @@ class Stage:
     def __init__(self, index: int, schedule: Schedule, method: Method, module: nn.Module,
                  optimizer: torch.optim.Optimizer, *, scheduler=None,
                  criterion: Callable | None = None, head: nn.Module | None = None,
-                 predictor: Callable | None = None, seed: int = 0, batches_per_epoch: int = 1):
+                 predictor: Callable | None = None, seed: int = 0, batches_per_epoch: int = 1,
+                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None):
         K = schedule.num_stages
         self.index, self.schedule, self.method = index, schedule, method
         self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
         self.criterion = criterion if criterion is not None else nn.functional.cross_entropy
         self.head, self.predictor = head, predictor
+        self.grad_sync = grad_sync  # replicas: average p.grad across the stage's data-parallel group
         self.seed, self.batches_per_epoch = seed, batches_per_epoch
         self.is_last = index == K - 1
         self.is_local = schedule.family == "local" and not self.is_last
@@ -196,6 +198,8 @@ class Stage:
 
     def update(self) -> None:
         """Apply the summed gradients (with ADL's warm-up factor), clear them, step the LR schedule."""
+        if self.grad_sync is not None:
+            self.grad_sync(self.params + self.head_params)
         factor = self._warmup_factor()
         if factor != 1.0:
             lrs = [g["lr"] for g in self.optimizer.param_groups]

@@ -49,8 +49,7 @@ def train(cfg: RunConfig) -> dict:
     if cfg.engine == "dist":
         from .engines.dist import train_dist
         return train_dist(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or 1)  # one thread per stage worker: deterministic, as in dist
     run = build_run(cfg)
     stages = [build_stage(run, k, cfg.device) for k in range(cfg.stages)]
     dtype = getattr(torch, cfg.dtype)

@@ -21,7 +21,7 @@ class Method:
 
     def describe(self) -> str:
         opts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                if f.name not in ("name", "paper") and getattr(self, f.name) != f.default]
+                if f.name not in ("name", "paper", "family") and getattr(self, f.name) != f.default]
         return f"{self.name}({', '.join(opts)})"
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .compensate import flop_boundaries
 from .config import RunConfig
 from .data import load_dataset
 from .data.batches import Batches
@@ -51,12 +52,13 @@ def make_scheduler(cfg: RunConfig, optimizer):
 
 
 def parse_partition(spec: str) -> dict:
-    if spec in ("params", "time", "uniform"):
+    if spec in ("params", "time", "uniform", "flops"):
         return {"balance": spec}
     try:
         return {"boundaries": [int(v) for v in spec.split(",")]}
     except ValueError:
-        raise ValueError(f"bad --partition {spec!r} (valid: params, time, uniform, or boundaries like '3,6')") from None
+        raise ValueError(f"bad --partition {spec!r} (valid: params, time, uniform, flops, or boundaries like "
+                         f"'3,6')") from None
 
 
 def build_run(cfg: RunConfig) -> Run:
@@ -68,10 +70,13 @@ def build_run(cfg: RunConfig) -> Run:
     model = build_model(cfg.model, data.num_classes, data.in_shape, **cfg.model_opts).to(dtype)
     batches = Batches(data.train_x.to(dtype), data.train_y, cfg.batch_size, cfg.seed, augment=data.augment)
     sample = None
-    part = parse_partition(cfg.partition)
+    part = parse_partition(cfg.partition or method.partition)  # None: the method's default
+    recompute = method.activations == "recompute"
     if part.get("balance") == "time":
         sample = batches.get(0)[0]
-    modules = split(model, cfg.stages, sample=sample, recompute=method.activations == "recompute", **part)
+    if part.get("balance") == "flops":  # DTRP's batch compensation (compensate.py): FLOPs, deterministic
+        part = {"boundaries": flop_boundaries(model, cfg.stages, batches.get(0)[0][:2], recompute=recompute)}
+    modules = split(model, cfg.stages, sample=sample, recompute=recompute, **part)
     schedule = Schedule(method.family, cfg.stages, cfg.epochs * batches.per_epoch, method.order, method.accumulate)
     return Run(cfg, method, schedule, data, batches, modules)
 

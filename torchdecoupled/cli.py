@@ -39,7 +39,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lr-schedule", default="cosine", help="cosine, step or none")
     p.add_argument("--milestones", default="", help="epochs for --lr-schedule step, e.g. 150,225,275")
-    p.add_argument("--partition", default="params", help="params, time, uniform, or boundaries like 3,6")
+    p.add_argument("--partition", help="params, time, uniform, flops, or boundaries like 3,6 (default: the "
+                                       "method's: params; dtrp: flops, its batch compensation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", help="float32 or float64")
     p.add_argument("--device", default="cpu")

@@ -36,7 +36,8 @@ class RunConfig:
     weight_decay: float = 5e-4
     lr_schedule: str = "cosine"
     milestones: tuple[int, ...] = ()   # epochs for lr_schedule="step" (x0.1 each)
-    partition: str = "params"          # params | time | uniform, or explicit boundaries "2,5"
+    partition: str | None = None       # params | time | uniform | flops, or boundaries "2,5"; None: the
+                                       # method's default (params; dtrp: flops, its batch compensation)
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
@@ -60,7 +61,8 @@ class RunConfig:
         c.epochs = epochs if c.epochs is None else c.epochs
         c.batch_size = bs if c.batch_size is None else c.batch_size
         c.lr = lr if c.lr is None else c.lr
-        get_method(c.method, **c.method_opts)  # raises on a bad name or option
+        method = get_method(c.method, **c.method_opts)  # raises on a bad name or option
+        c.partition = c.partition or method.partition
         if c.stages < 1:
             raise ValueError(f"--stages must be >= 1, got {c.stages}")
         if c.epochs < 1:

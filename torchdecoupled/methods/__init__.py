@@ -1,7 +1,7 @@
 """The method registry: name -> factory(**options) -> Method. Semantics: shared/spec/methods.md."""
 from __future__ import annotations
 
-from . import adl, bp, ddg, fdg
+from . import adl, bp, ddg, dsp, dtrp, fdg, fr, local
 from .base import Method
 
 METHODS = {
@@ -9,6 +9,12 @@ METHODS = {
     "ddg": ddg.make,
     "fdg": fdg.make,
     "adl": adl.make,
+    "fr": fr.make,
+    "dsp": dsp.make,
+    "dtrp": dtrp.make,
+    "dgl": local.make_dgl,
+    "infopro": local.make_infopro,
+    "local": local.make_local,
 }
 
 

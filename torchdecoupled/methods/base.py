@@ -18,6 +18,7 @@ class Method:
     warmup_epochs: float = 0.0     # linear learning-rate warm-up from 0.01 * lr
     predictor: str = "none"        # weight prediction for the forward (DTRP)
     head: str = "linear"           # auxiliary head of local learning
+    partition: str = "params"      # default partition when the run names none (DTRP: "flops", batch compensation)
 
     def describe(self) -> str:
         opts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)

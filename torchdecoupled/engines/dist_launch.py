@@ -1,0 +1,191 @@
+"""Start the K x D processes of a distributed run on this machine, watch them, stop them all on a failure.
+
+Start-up: a ``forkserver`` with torch and the engine preloaded (a child starts in milliseconds, not the
+seconds a ``spawn`` spends importing torch); rendezvous through a TCPStore that the launcher itself
+holds on a free port (no race for the port), or through ``cfg.init_method`` if given.
+
+Watching: the launcher waits on every child's sentinel and result pipe. The first child that dies
+(any exit code but 0, or a signal) or reports an error of its own makes the launcher kill all the
+others at once (SIGKILL, which also ends a stopped process) and raise ``DistributedError`` naming the
+stage, the rank and the tick (each child writes its current tick into a shared array). A child whose
+error is caused by a peer (the peer died, or was silent past the timeout) is a consequence, not the
+cause: the launcher then waits up to ``GRACE_S`` for the cause to show itself. Children watch the
+launcher in turn: when their pipe to it closes (the launcher died), they exit.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import types
+from datetime import timedelta
+
+from ..config import RunConfig
+from .dist_worker import Fault, Layout, StageFailure, run_rank
+
+GRACE_S = 1.0
+
+
+class DistributedError(RuntimeError):
+    """A distributed run failed; the message names the stage, the rank and the tick."""
+
+
+def _context():
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "torch._dynamo", "torchdecoupled.engines.dist_launch"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def launch(cfg: RunConfig, devices: list[str], backend: str, fault: Fault | None = None,
+           return_state: bool = False):
+    """Run all ranks as child processes; returns (summary, states) from rank 0."""
+    import torch.distributed as dist
+
+    world = cfg.stages * cfg.replicas
+    ctx = _context()
+    progress = ctx.Array("q", [-1] * world, lock=False)  # each rank's current tick (-1: setting up)
+    store = None
+    if cfg.init_method:
+        rendezvous = ("url", cfg.init_method)
+    else:
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                              timeout=timedelta(seconds=cfg.timeout))
+        rendezvous = ("store", ("127.0.0.1", store.port))
+    procs, conns = [], []
+    try:
+        for rank in range(world):
+            layout = Layout(cfg.stages, cfg.replicas, rank)
+            here, there = ctx.Pipe()
+            p = ctx.Process(target=child_main, name=f"torchdecoupled-{layout.name().replace(' ', '')}",
+                            args=(cfg, layout, devices[rank], backend, rendezvous, progress, there, fault,
+                                  return_state), daemon=True)
+            with _bare_main():
+                p.start()
+            there.close()
+            procs.append(p)
+            conns.append(here)
+        return _watch(procs, conns, progress, Layout(cfg.stages, cfg.replicas, 0))
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(5)
+        for c in conns:
+            c.close()
+        del store
+
+
+@contextlib.contextmanager
+def _bare_main():
+    """Children need nothing from the caller's ``__main__``: hide it while a child starts, or
+    multiprocessing would re-run it there (a script without a main guard, or this CLI itself)."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def child_main(cfg, layout: Layout, device, backend, rendezvous, progress, conn, fault, return_state):
+    """One child process: run the rank, report to the launcher, exit (os._exit: no teardown hangs)."""
+    threading.Thread(target=_exit_with_launcher, args=(conn,), daemon=True).start()
+    code = 1
+    try:
+        summary, states = run_rank(cfg, layout, device, backend, rendezvous, progress, fault, return_state)
+        conn.send(("done", (summary, states) if layout.rank == 0 else None))
+        code = 0
+    except StageFailure as e:
+        if e.peer:
+            print(f"torchdecoupled: {e}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        _try_send(conn, ("error", str(e), e.peer))
+    except BaseException as e:  # noqa: BLE001 - whatever it is, the launcher must hear of it
+        traceback.print_exc()
+        _try_send(conn, ("error", f"{layout.name()} failed: {type(e).__name__}: {e}", False))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _try_send(conn, msg) -> None:
+    try:
+        conn.send(msg)
+    except OSError:
+        pass
+
+
+def _exit_with_launcher(conn) -> None:
+    """The launcher never writes to the pipe: end of file means it is gone, so this process goes too."""
+    try:
+        conn.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
+def _watch(procs, conns, progress, layout: Layout):
+    waiting = {p.sentinel: r for r, p in enumerate(procs)}
+    waiting.update({c: r for r, c in enumerate(conns)})
+    reports: dict[int, tuple] = {}
+    codes: dict[int, int] = {}
+    first = None
+    while waiting:
+        timeout = None if first is None else max(0.0, first + GRACE_S - time.monotonic())
+        ready = mp.connection.wait(list(waiting), timeout)
+        for obj in ready:
+            r = waiting.pop(obj)
+            if obj is procs[r].sentinel:
+                procs[r].join()
+                codes[r] = procs[r].exitcode
+                obj = conns[r] if conns[r] in waiting and conns[r].poll(0) else None  # its last words
+                waiting.pop(obj, None)
+            if obj is conns[r]:
+                try:
+                    reports[r] = obj.recv()
+                except (EOFError, OSError):
+                    pass
+        failed = sorted({r for r, c in codes.items() if c != 0} | {r for r, m in reports.items() if m[0] == "error"})
+        if not failed:
+            continue
+        first = time.monotonic() if first is None else first
+        causes = [r for r in failed if r not in reports or not reports[r][2]]
+        if causes or time.monotonic() >= first + GRACE_S:
+            raise DistributedError(_explain(causes[0] if causes else failed[0], procs, reports, codes,
+                                            progress, layout))
+    return reports[0][1]
+
+
+def _explain(r: int, procs, reports, codes, progress, layout: Layout) -> str:
+    if r in reports and reports[r][0] == "error":
+        msg = reports[r][1]
+    else:
+        code, tick = codes.get(r), progress[r]
+        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        where = "during setup" if tick < 0 else f"at tick {tick}"
+        msg = f"{layout.name(r)} died {where} ({how})"
+    stopped = [layout.name(i) + f" at tick {progress[i]}" for i, p in enumerate(procs)
+               if i != r and p.is_alive() and _state(p.pid) == "T"]
+    if stopped:
+        msg += f"; {', '.join(stopped)} is stopped (SIGSTOP?)"
+    return f"distributed run failed: {msg}; stopped the other {len(procs) - 1} process(es)"
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T = stopped); '' where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""

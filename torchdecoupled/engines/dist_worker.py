@@ -1,0 +1,296 @@
+"""One process of the distributed engine: one replica of one stage, run tick by tick.
+
+Rank layout: ``rank = stage * D + replica`` (D = replicas), so stage k's replicas are the consecutive
+ranks ``k*D .. k*D + D-1`` and replica r forms its own pipeline with replica r of the other stages.
+
+Every process builds the whole run deterministically (``build_run``, same seed), keeps its own stage,
+and loads the data it needs itself: stage 0 its batches' inputs, the last stage (and local-learning
+stages) their labels. Replica r takes the contiguous slice r of every batch (``torch.tensor_split``);
+its loss is the mean over its slice and ``Stage.grad_sync`` averages the gradients over the stage's D
+replicas before each update. Then it runs exactly the simulator's loop::
+
+    for t in range(schedule.num_ticks):
+        for a in schedule.actions(t, k):
+            worker.run(a)            # the same Worker and Stage as engines/sim.py; recv blocks
+
+After each evaluation tick (``train.eval_ticks``) every process collects its telemetry, replica 0 of
+every stage evaluates the test set as a pipeline (stage 0 sends chunks up as ``eval`` messages, the
+last stage computes loss and accuracy as ``engines.sim.evaluate`` does), and rank 0 gathers the
+per-process results and writes the epoch record.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from ..build import build_run, build_stage
+from ..config import RunConfig
+from ..metrics import MetricsWriter
+from ..timeline import Recorder
+from ..worker import Worker
+from .dist_transport import DistTransport, PeerError
+
+EVAL_BATCH = 1000  # test chunk size, as in engines.sim.evaluate
+FAULT_ENV = "TORCHDECOUPLED_FAULT"
+FAULT_KINDS = ("exit", "kill", "raise", "stop")
+
+
+@dataclass(frozen=True)
+class Layout:
+    stages: int
+    replicas: int
+    rank: int
+
+    @property
+    def stage(self) -> int:
+        return self.rank // self.replicas
+
+    @property
+    def replica(self) -> int:
+        return self.rank % self.replicas
+
+    @property
+    def world_size(self) -> int:
+        return self.stages * self.replicas
+
+    def ranks_of_stage(self, k: int) -> list[int]:
+        return [k * self.replicas + r for r in range(self.replicas)]
+
+    def name(self, rank: int | None = None) -> str:
+        rank = self.rank if rank is None else rank
+        return f"stage {rank // self.replicas} (rank {rank})"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Test-only fault injection, ``TORCHDECOUPLED_FAULT="stage:tick:kind"``: at the start of that tick
+    every replica of that stage does ``exit`` (os._exit(3)), ``kill`` (SIGKILL itself), ``raise``
+    (RuntimeError) or ``stop`` (SIGSTOP itself: alive but silent)."""
+    stage: int
+    tick: int
+    kind: str
+
+    @staticmethod
+    def parse(spec: str | None) -> "Fault | None":
+        if not spec:
+            return None
+        try:
+            stage, tick, kind = spec.split(":")
+            fault = Fault(int(stage), int(tick), kind)
+        except ValueError:
+            fault = None
+        if fault is None or fault.kind not in FAULT_KINDS:
+            raise ValueError(f"bad {FAULT_ENV}={spec!r} (want stage:tick:kind, kind one of {', '.join(FAULT_KINDS)})")
+        return fault
+
+    def fire(self) -> None:
+        if self.kind == "exit":
+            os._exit(3)
+        if self.kind == "raise":
+            raise RuntimeError(f"injected fault ({FAULT_ENV}={self.stage}:{self.tick}:{self.kind})")
+        os.kill(os.getpid(), signal.SIGKILL if self.kind == "kill" else signal.SIGSTOP)
+
+
+class ReplicaBatches:
+    """Replica r's contiguous slice of every batch (inputs and labels alike)."""
+
+    def __init__(self, batches, replica: int, replicas: int):
+        self.batches, self.replica, self.replicas = batches, replica, replicas
+        self.per_epoch = batches.per_epoch
+
+    def get(self, b: int):
+        x, y = self.batches.get(b)
+        return x.tensor_split(self.replicas)[self.replica], y.tensor_split(self.replicas)[self.replica]
+
+
+def grad_averager(group, replicas: int):
+    """Stage.grad_sync for D replicas: one all-reduce of all gradients of the stage, divided by D."""
+    def sync(params: list[torch.Tensor]) -> None:
+        have = [p for p in params if p.grad is not None]  # the same on every replica (same graph)
+        if not have:
+            return
+        grads = [p.grad for p in have]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=group)
+        flat.div_(replicas)
+        for p, g in zip(have, _unflatten_dense_tensors(flat, grads)):
+            p.grad = g
+    return sync
+
+
+def init_process_group(backend: str, layout: Layout, rendezvous: tuple[str, object], timeout: float) -> None:
+    """rendezvous: ("store", (host, port)) of the launcher's TCPStore, or ("url", init_method)."""
+    td = timedelta(seconds=timeout)
+    how, where = rendezvous
+    kw = dict(rank=layout.rank, world_size=layout.world_size, timeout=td)
+    if how == "store":
+        host, port = where
+        store = dist.TCPStore(host, port, is_master=False, timeout=td)
+        dist.init_process_group(backend, store=store, **kw)
+    else:
+        dist.init_process_group(backend, init_method=where, **kw)
+
+
+class StageProcess:
+    """Builds this rank's stage and runs its part of the schedule; ``tick`` says where it is."""
+
+    def __init__(self, cfg: RunConfig, layout: Layout, device: str, backend: str,
+                 rendezvous: tuple[str, object], progress=None, fault: Fault | None = None):
+        self.cfg, self.layout, self.progress, self.tick = cfg, layout, progress, -1
+        self.fault = fault if fault is not None and fault.stage == layout.stage else None
+        k, D = layout.stage, layout.replicas
+        torch.set_num_threads(cfg.threads or 1)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        self.run = run = build_run(cfg)
+        smallest = len(run.batches.indices(run.batches.per_epoch - 1))
+        if D > smallest:
+            raise ValueError(f"--replicas {D} is more than the smallest batch ({smallest} samples): every "
+                             f"replica needs at least one sample of each batch")
+        self.stage = build_stage(run, k, device)
+        self.schedule = run.schedule
+        dtype = getattr(torch, cfg.dtype)
+        self.test_x, self.test_y = run.dataset.test_x.to(dtype), run.dataset.test_y
+        init_process_group(backend, layout, rendezvous, cfg.timeout)
+        groups = [dist.new_group(layout.ranks_of_stage(s)) if D > 1 else None for s in range(cfg.stages)]
+        if D > 1:
+            self.stage.grad_sync = grad_averager(groups[k], D)
+        self.recorder = Recorder(enabled=cfg.trace)
+        comm = device if backend == "nccl" else "cpu"
+        self.transport = DistTransport(k, layout.replica, cfg.stages, D, timeout=cfg.timeout, device=comm,
+                                       on_wait=self.recorder.wait)
+        self.worker = Worker(self.stage, self.schedule, ReplicaBatches(run.batches, layout.replica, D),
+                             self.transport)
+        self.records: list[dict] = []
+        self.writer = MetricsWriter(cfg.out if layout.rank == 0 else None)
+
+    def train(self) -> None:
+        from ..train import eval_ticks
+        evals = eval_ticks(self.schedule, self.run.batches.per_epoch, self.cfg.epochs)
+        k, rec, clock = self.layout.stage, self.recorder, time.perf_counter_ns
+        bar = self._bar()
+        dist.barrier()
+        rec.start()
+        self.start = time.perf_counter()
+        for t in range(self.schedule.num_ticks):
+            self.tick = rec.tick = t
+            if self.progress is not None:
+                self.progress[self.layout.rank] = t
+            if self.fault is not None and self.fault.tick == t:
+                self.fault.fire()
+            for a in self.schedule.actions(t, k):
+                t0 = clock()
+                self.worker.run(a)
+                rec.action(a.op, str(a), t0, clock())
+            if bar is not None:
+                bar.update(1)
+            if t in evals:
+                self.end_epoch(evals[t], bar)
+        if bar is not None:
+            bar.close()
+        self.tick = self.schedule.num_ticks  # finishing
+        self.transport.close()
+
+    def _bar(self):
+        if not (self.cfg.progress and self.layout.rank == 0):
+            return None
+        from ..train import progress_bar
+        return progress_bar(self.schedule.num_ticks, True, f"{self.cfg.method} K={self.cfg.stages} dist")
+
+    def end_epoch(self, epoch: int, bar=None) -> None:
+        idle = self.recorder.close_window()
+        stats = self.stage.collect(epoch)
+        t0 = time.perf_counter_ns()
+        evals = self.evaluate(epoch)
+        self.recorder.span("eval", f"eval {epoch}", t0, time.perf_counter_ns())
+        mine = {"stage": self.layout.stage, "replica": self.layout.replica, "collect": stats, "eval": evals,
+                "idle": idle}
+        everyone = [None] * self.layout.world_size if self.layout.rank == 0 else None
+        dist.gather_object(mine, everyone, dst=0)
+        if everyone is not None:
+            from .dist_outputs import merge_epoch
+            rec = merge_epoch(epoch, everyone, self.cfg.stages, time.perf_counter() - self.start)
+            self.records.append(rec)
+            self.writer.epoch(rec)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch, loss=f"{rec['train_loss']:.3f}", test_acc=f"{rec['test_acc']:.3f}")
+        self.recorder.open_window()
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict | None:
+        """Replica 0's pipelined share of engines.sim.evaluate; the last stage returns the result."""
+        if self.layout.replica != 0:
+            return None
+        k, s, tr = self.layout.stage, self.stage, self.transport
+        n = len(self.test_x)
+        starts = range(0, n, EVAL_BATCH)
+        loss, correct = 0.0, 0
+        for i, lo in enumerate(starts):
+            seq = epoch * len(starts) + i
+            h = self.test_x[lo:lo + EVAL_BATCH] if k == 0 else tr.recv(("eval", k - 1, k, seq))
+            h = s.predict(h)
+            if not s.is_last:
+                tr.send(("eval", k, k + 1, seq), h)
+                continue
+            y = self.test_y[lo:lo + EVAL_BATCH].to(h.device)
+            loss += torch.nn.functional.cross_entropy(h.float(), y, reduction="sum").item()
+            correct += int((h.argmax(1) == y).sum())
+        return {"test_loss": loss / n, "test_acc": correct / n} if s.is_last else None
+
+    def finish(self, return_state: bool = False):
+        """Gather parameters, peaks and timelines on rank 0, which writes the outputs; every rank returns
+        the summary (rank 0 also the per-stage state dicts if asked)."""
+        first = self.layout.replica == 0
+        mine = {"stage": self.layout.stage, "replica": self.layout.replica,
+                "params": [p.detach().cpu() for p in self.stage.module.parameters()] if first else None,
+                "state": {n: t.detach().cpu() for n, t in self.stage.module.state_dict().items()}
+                if first and return_state else None,
+                "peak": self.stage.telemetry.peak_bytes,
+                "trace": self.recorder.export(stage=self.layout.stage, replica=self.layout.replica,
+                                              rank=self.layout.rank)}
+        everyone = [None] * self.layout.world_size if self.layout.rank == 0 else None
+        dist.gather_object(mine, everyone, dst=0)
+        summary, states = None, None
+        if everyone is not None:
+            from .dist_outputs import write_outputs
+            summary = write_outputs(self.run, self.writer, self.records, everyone, time.perf_counter() - self.start,
+                                    backend=dist.get_backend())
+            states = [e["state"] for e in sorted(everyone, key=lambda e: e["stage"]) if e["replica"] == 0]
+        box = [summary]
+        dist.broadcast_object_list(box, src=0)
+        return box[0], states
+
+
+class StageFailure(RuntimeError):
+    """A stage process failed; the message names the stage, the rank and the tick. ``peer`` is True when
+    the cause is another process (it died, or stayed silent past the timeout)."""
+
+    def __init__(self, message: str, peer: bool = False):
+        super().__init__(message)
+        self.peer = peer
+
+
+def run_rank(cfg: RunConfig, layout: Layout, device: str, backend: str, rendezvous: tuple[str, object],
+             progress=None, fault: Fault | None = None, return_state: bool = False):
+    """This rank's whole run; returns (summary, per-stage state dicts or None); raises StageFailure."""
+    proc = None
+    try:
+        proc = StageProcess(cfg, layout, device, backend, rendezvous, progress, fault)
+        proc.train()
+        return proc.finish(return_state)
+    except Exception as e:
+        if proc is None:
+            where = "during setup"
+        elif proc.tick >= proc.schedule.num_ticks:
+            where = "while finishing"
+        else:
+            where = f"at tick {proc.tick}" if proc.tick >= 0 else "before tick 0"
+        raise StageFailure(f"{layout.name()} failed {where}: {type(e).__name__}: {e}",
+                           peer=isinstance(e, PeerError)) from e

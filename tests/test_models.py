@@ -11,30 +11,39 @@ SLOW_FORWARD = {"resnet1202", "wrn28_10", "wrn"}  # build only; "wrn" defaults t
 SMALL = {"wrn": {"depth": 10, "width": 1}, "resnet": {"depth": 8}}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models run fastest on one thread; on a busy machine two threads can be 10x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shape_for(name):
-    return {"cnn1d": (1, 40), "cnn2d": (1, 8, 8)}.get(name, (3, 32, 32))
+    return {"cnn1d": (1, 40), "cnn1d_bn": (1, 40), "cnn2d": (1, 8, 8)}.get(name, (3, 32, 32))
 
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - SLOW_FORWARD) + sorted(SMALL))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - SLOW_FORWARD | set(SMALL)))
 def test_output_shape_and_blocks(name):
     torch.manual_seed(0)
     in_shape = shape_for(name)
     model = build_model(name, 7, in_shape, **SMALL.get(name, {}))
     assert isinstance(model, nn.Sequential) and len(model) >= 3
     assert not any(isinstance(child, nn.Flatten) for child in model)
-    assert model(torch.randn(3, *in_shape)).shape == (3, 7)
+    assert model(torch.randn(2, *in_shape)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn1d", "cnn2d", "resnet20", "wrn16_4"])
+@pytest.mark.parametrize("name", ["mlp", "cnn1d", "cnn2d", "resnet20", "wrn"])
 def test_blocks_never_modify_their_input(name):
     # the pipeline feeds each block a detached leaf that requires grad; in-place ops on it would fail or corrupt
     torch.manual_seed(0)
     in_shape = shape_for(name)
-    model = build_model(name, 10, in_shape, **({"width": 1} if name == "wrn16_4" else {}))
+    model = build_model(name, 10, in_shape, **SMALL.get(name, {}))
     h = torch.randn(4, *in_shape)
     for block in model:
         x = h.detach().requires_grad_()
@@ -107,7 +116,7 @@ def test_mlp_hidden_sizes_and_any_shape():
 
 
 def test_errors_name_the_value_and_the_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet21' \(valid: cnn1d, cnn2d, mlp, resnet, resnet110"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet21' \(valid: cnn1d, cnn1d_bn, cnn2d, mlp, resnet, resnet110"):
         build_model("resnet21", 10, (3, 32, 32))
     with pytest.raises(ValueError, match="6n \\+ 2.*got 21"):
         build_model("resnet", 10, (3, 32, 32), depth=21)
@@ -125,7 +134,7 @@ def test_cnn2d_learns_digits_quickly():
     model = build_model("cnn2d", data.num_classes, data.in_shape)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     batches = Batches(data.train_x, data.train_y, 64, seed=0)
-    for b in range(120):
+    for b in range(90):
         x, y = batches.get(b)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()

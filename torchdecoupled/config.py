@@ -8,8 +8,8 @@ from .methods import get_method
 
 # Sensible defaults per dataset: (model, epochs, batch size, lr)
 DATASET_DEFAULTS = {
-    "mnist1d": ("cnn1d", 40, 100, 0.05),
-    "digits": ("cnn2d", 30, 64, 0.05),
+    "mnist1d": ("cnn1d_bn", 40, 50, 0.05),
+    "digits": ("cnn2d", 20, 64, 0.05),
     "synthetic": ("resnet20", 1, 128, 0.1),
     "cifar10": ("resnet56", 300, 128, 0.1),
     "cifar100": ("resnet56", 300, 128, 0.1),

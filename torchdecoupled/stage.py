@@ -177,7 +177,7 @@ class Stage:
         if self.recompute:  # re-run the forward with the current weights, BN buffers untouched
             x = x.detach().requires_grad_(self.sends_grad)
             buffers = {n: t.clone() for n, t in self.module.named_buffers()}
-            if True:
+            with self._rng(b):
                 root = self._call(x, None, buffers)
         grad_out = None
         if grad is not None:

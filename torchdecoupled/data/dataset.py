@@ -32,7 +32,9 @@ class Dataset:
             if x.dtype != torch.float32 or y.dtype != torch.int64:
                 raise ValueError(f"{self.name} {split}: need float32 inputs and int64 labels, got {x.dtype}, {y.dtype}")
             if tuple(x.shape[1:]) != self.in_shape:
-                raise ValueError(f"{self.name} {split}: inputs of shape {tuple(x.shape)} do not match in_shape {self.in_shape}")
+                raise ValueError(
+                    f"{self.name} {split}: inputs of shape {tuple(x.shape)} do not match in_shape {self.in_shape}"
+                )
             if y.shape != (x.shape[0],):
                 raise ValueError(f"{self.name} {split}: {x.shape[0]} inputs but labels of shape {tuple(y.shape)}")
 

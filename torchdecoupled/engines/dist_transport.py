@@ -4,28 +4,25 @@
 ``has(key)``; a key is ``(kind, src_stage, dst_stage, batch)``), so the same ``Worker`` runs on it.
 Replica r of stage s lives on rank ``s * D + r`` and only talks to replica r of stages s - 1 and s + 1.
 
-Wire format: every message is a fixed-size int64 header ``[kind, batch, dtype, ndim, *shape]``
-followed by the payload, so shapes and dtypes are agreed before a tensor travels (a short last batch
-of an epoch just has another shape). Messages from one neighbour arrive in the order they were sent
-(one channel per pair of ranks); the header's ``kind`` tells training messages (act, grad) from
-evaluation messages (eval) and from the closing ``end``. This needs no tags, which NCCL ignores.
+Shapes and order are agreed before any tensor travels (``dist_plan.MessagePlan``): both ends derive
+the ordered list of messages on a channel, with their shapes, from the schedule. Messages on one
+channel are matched in the order they are posted (gloo and NCCL alike), so a message is its payload
+alone; training messages (act, grad) and evaluation messages (eval) share the channel in the one
+order both ends know, no tags needed (NCCL ignores tags).
 
-Overlap with compute:
+Overlap with compute, all in the calling thread (no GIL hand-offs, no polling):
 
-- receiving: one listener thread per neighbour always has a receive posted, so a message lands while
-  the stage computes and ``recv`` usually finds it waiting; the listener stops posting while
-  ``MAX_PENDING`` messages of that neighbour are unconsumed (back-pressure on a stage that runs ahead);
+- receiving: ``PREFETCH`` receives per neighbour are posted ahead into buffers of the agreed shapes,
+  so a message lands while the stage computes and ``recv`` usually just collects it;
 - sending: ``isend`` returns at once; the Work objects (and tensors) of the last ``MAX_OUTSTANDING``
   messages are kept and the oldest is waited only when the list is full, and all of them at ``close``.
 
-Failures: a neighbour that dies is reported at once by the backend (the listener records the error
-and ``recv`` raises ``PeerError``); a neighbour that is alive but silent makes ``recv`` raise
-``PeerTimeout`` after ``timeout`` seconds of waiting for one message.
+Failures: a neighbour that dies is reported by the backend at once (``PeerError``); one that is alive
+but silent makes the wait fail after ``timeout`` seconds (``PeerTimeout``).
 """
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from datetime import timedelta
 from typing import Callable
@@ -33,45 +30,62 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-Key = tuple[str, int, int, int]
-KINDS = ("act", "grad", "eval", "end")
-CODES = {k: i for i, k in enumerate(KINDS)}
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-          torch.uint8, torch.bool)
-DTYPE_CODES = {d: i for i, d in enumerate(DTYPES)}
-MAX_NDIM = 8
-HEADER = 4 + MAX_NDIM
+from .dist_plan import Key, MessagePlan
+
+PREFETCH = 4           # receives posted ahead per neighbour
 MAX_OUTSTANDING = 16   # sent messages whose completion is not yet waited
-MAX_PENDING = 8        # received, unconsumed messages per neighbour before the listener pauses
-FOREVER = timedelta(days=365)  # a listener waits for the next message as long as it takes
 
 
 class PeerError(RuntimeError):
-    """A neighbouring stage process died or its connection broke."""
+    """A neighbouring stage process died, its connection broke, or it stayed silent (PeerTimeout)."""
 
 
 class PeerTimeout(PeerError, TimeoutError):
     """A neighbouring stage process is alive but sent nothing for ``timeout`` seconds."""
 
 
+class _Inbox:
+    """The receives posted ahead on one channel, in the channel's agreed order."""
+
+    def __init__(self, plan: MessagePlan, src: int, dst: int, peer: int, device: torch.device):
+        self.plan, self.peer, self.device = plan, peer, device
+        self.expected = plan.between(src, dst)
+        self.posted: collections.deque = collections.deque()
+        self.fill()
+
+    def fill(self, until: Key | None = None) -> None:
+        """Keep PREFETCH receives posted (more if ``until`` is not posted yet)."""
+        while len(self.posted) < PREFETCH or (until is not None and all(k != until for k, _, _ in self.posted)):
+            key = next(self.expected, None)
+            if key is None:
+                return
+            shape, dtype = self.plan.shape(key)
+            buf = torch.empty(shape, dtype=dtype, device=self.device)
+            self.posted.append((key, buf, dist.irecv(buf, self.peer) if buf.numel() else None))
+
+    def take(self, key: Key):
+        """The posted receive of ``key``: messages are consumed in another order than they travel (an
+        activation sent in tick t is used in tick t + 1, after the evaluation that follows tick t)."""
+        for i, item in enumerate(self.posted):
+            if item[0] == key:
+                del self.posted[i]
+                return item
+        self.fill(until=key)
+        if not self.posted or self.posted[-1][0] != key:
+            return None
+        return self.posted.pop()
+
+
 class DistTransport:
-    def __init__(self, stage: int, replica: int, num_stages: int, replicas: int, *, timeout: float,
-                 device: torch.device | str = "cpu",
+    def __init__(self, plan: MessagePlan, stage: int, replica: int, num_stages: int, replicas: int, *,
+                 timeout: float, device: torch.device | str = "cpu",
                  on_wait: Callable[[str, int, int], None] | None = None):
-        self.stage, self.replica, self.num_stages, self.replicas = stage, replica, num_stages, replicas
-        self.timeout, self.device = float(timeout), torch.device(device)
+        self.plan, self.stage, self.replica, self.replicas = plan, stage, replica, replicas
+        self.timeout, self.device = timedelta(seconds=timeout), torch.device(device)
         self.on_wait = on_wait  # on_wait(what, start_ns, end_ns): time this process spent blocked
-        self.box: dict[Key, torch.Tensor] = {}
-        self.cond = threading.Condition()
-        self.unread = collections.Counter()      # src stage -> received, unconsumed messages
-        self.errors: dict[int, BaseException] = {}
-        self.closed: set[int] = set()            # neighbours that sent "end"
         self.outstanding: collections.deque = collections.deque()
-        self.neighbours = [s for s in (stage - 1, stage + 1) if 0 <= s < num_stages]
-        self.listeners = [threading.Thread(target=self._listen, args=(s,), daemon=True,
-                                           name=f"recv-from-stage{s}") for s in self.neighbours]
-        for t in self.listeners:
-            t.start()
+        neighbours = [s for s in (stage - 1, stage + 1) if 0 <= s < num_stages]
+        self.inbox = {s: _Inbox(plan, s, stage, self.rank_of(s), self.device) for s in neighbours}
 
     def rank_of(self, stage: int) -> int:
         return stage * self.replicas + self.replica
@@ -81,131 +95,70 @@ class DistTransport:
 
     # ---- sending ----------------------------------------------------------------------------
     def send(self, key: Key, tensor: torch.Tensor) -> None:
-        kind, src, dst, batch = key
+        shape, dtype = self.plan.shape(key)
         t = tensor.detach()
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise RuntimeError(f"{_what(key)} has shape {tuple(t.shape)} and dtype {t.dtype}, but the shape agreed "
+                               f"at start is {shape} {dtype}: the distributed engine needs stage outputs of shape "
+                               f"(batch, *fixed) with a fixed dtype")
         if t.device != self.device:
             t = t.to(self.device)
         if not t.is_contiguous():
             t = t.contiguous()
-        if t.dim() > MAX_NDIM or t.dtype not in DTYPE_CODES:
-            raise ValueError(f"cannot send a {t.dim()}-d {t.dtype} tensor (at most {MAX_NDIM} dimensions, "
-                             f"dtypes {', '.join(str(d) for d in DTYPES)})")
-        self._post(dst, [CODES[kind], batch, DTYPE_CODES[t.dtype], t.dim(), *t.shape], t, key)
-
-    def _post(self, dst: int, fields: list[int], t: torch.Tensor | None, key) -> None:
-        head = torch.zeros(HEADER, dtype=torch.int64)
-        head[:len(fields)] = torch.tensor(fields, dtype=torch.int64)
-        head = head.to(self.device)
-        peer = self.rank_of(dst)
+        dst = key[2]
         try:
-            works = [dist.isend(head, peer)]
-            if t is not None and t.numel():
-                works.append(dist.isend(t, peer))
+            work = dist.isend(t, self.rank_of(dst)) if t.numel() else None
         except RuntimeError as e:
             raise PeerError(f"sending {_what(key)} to {self._peer(dst)} failed: {_short(e)}") from e
-        self.outstanding.append((works, head, t, key, dst))
+        self.outstanding.append((work, t, key))
         if len(self.outstanding) > MAX_OUTSTANDING:
-            self._complete(self.outstanding.popleft())
+            self._complete(*self.outstanding.popleft())
 
-    def _complete(self, item) -> None:
-        works, _, _, key, dst = item
-        t0 = time.perf_counter_ns()
-        try:
-            for w in works:
-                w.wait(timedelta(seconds=self.timeout))
-        except RuntimeError as e:
-            raise PeerError(f"sending {_what(key)} to {self._peer(dst)} did not complete within "
-                            f"{self.timeout:g} s: {_short(e)}") from e
-        if self.on_wait is not None:
-            self.on_wait(f"send {_what(key)}", t0, time.perf_counter_ns())
+    def _complete(self, work, t, key) -> None:
+        if work is not None:
+            self._wait(work, f"send {_what(key)}", f"sending {_what(key)} to", key[2])
 
     def flush(self) -> None:
         """Wait until every message sent so far has been delivered."""
         while self.outstanding:
-            self._complete(self.outstanding.popleft())
+            self._complete(*self.outstanding.popleft())
 
     # ---- receiving --------------------------------------------------------------------------
-    def _listen(self, src: int) -> None:
-        peer = self.rank_of(src)
-        try:
-            while True:
-                head = torch.empty(HEADER, dtype=torch.int64, device=self.device)
-                dist.irecv(head, peer).wait(FOREVER)
-                kind, batch, code, ndim, *shape = head.tolist()
-                if KINDS[kind] == "end":
-                    break
-                buf = torch.empty(shape[:ndim], dtype=DTYPES[code], device=self.device)
-                if buf.numel():
-                    dist.irecv(buf, peer).wait(FOREVER)
-                with self.cond:
-                    while self.unread[src] >= MAX_PENDING:
-                        self.cond.wait()
-                    self.box[(KINDS[kind], src, self.stage, batch)] = buf
-                    self.unread[src] += 1
-                    self.cond.notify_all()
-        except BaseException as e:  # noqa: BLE001 - reported to the main thread by recv()
-            with self.cond:
-                self.errors[src] = e
-                self.cond.notify_all()
-            return
-        with self.cond:
-            self.closed.add(src)
-            self.cond.notify_all()
-
     def has(self, key: Key) -> bool:
-        return key in self.box
+        return True  # recv blocks until the message is there
 
     def recv(self, key: Key) -> torch.Tensor:
         src = key[1]
-        with self.cond:
-            t = self.box.pop(key, None)
-            if t is None:
-                t = self._wait_for(key)
-            self.unread[src] -= 1
-            if self.unread[src] == MAX_PENDING - 1:
-                self.cond.notify_all()  # a paused listener may go on
-        return t
+        box = self.inbox[src]
+        item = box.take(key)
+        if item is None:
+            raise RuntimeError(f"stage {self.stage} asked for {key}, which stage {src} never sends")
+        _, buf, work = item
+        if work is not None:
+            self._wait(work, f"wait {_what(key)}", f"waiting for {_what(key)} from", src)
+        box.fill()
+        return buf
 
-    def _wait_for(self, key: Key) -> torch.Tensor:
-        src = key[1]
+    def _wait(self, work, label: str, doing: str, peer: int) -> None:
         t0 = time.perf_counter_ns()
-        deadline = time.monotonic() + self.timeout
-        while key not in self.box:
-            if src in self.errors:
-                raise PeerError(f"lost {self._peer(src)} while waiting for {_what(key)}: "
-                                f"{_short(self.errors[src])}") from self.errors[src]
-            if src in self.closed:
-                raise PeerError(f"{self._peer(src)} finished without sending {_what(key)}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PeerTimeout(f"waited {self.timeout:g} s for {_what(key)} from {self._peer(src)}: the peer is "
-                                  f"alive but silent (stopped or stuck?); raise --timeout if one tick or one "
-                                  f"evaluation legitimately takes longer")
-            self.cond.wait(remaining)
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as e:
+            if "timed out" in str(e).lower():
+                raise PeerTimeout(f"{doing} {self._peer(peer)}: nothing for {self.timeout.total_seconds():g} s; the "
+                                  f"peer is alive but silent (stopped or stuck?); raise --timeout if one tick or one "
+                                  f"evaluation legitimately takes longer") from e
+            raise PeerError(f"lost {self._peer(peer)} while {doing} it: {_short(e)}") from e
         if self.on_wait is not None:
-            self.on_wait(f"wait {_what(key)}", t0, time.perf_counter_ns())
-        return self.box.pop(key)
+            self.on_wait(label, t0, time.perf_counter_ns())
 
     # ---- closing ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Tell the neighbours this process sends nothing more, deliver everything, and wait until the
-        neighbours have said the same (raises PeerError / PeerTimeout like recv)."""
-        for s in self.neighbours:
-            self._post(s, [CODES["end"]], None, ("end", self.stage, s, 0))
+        """Deliver everything sent; every agreed message must have been received."""
         self.flush()
-        deadline = time.monotonic() + self.timeout
-        with self.cond:
-            while not all(s in self.closed or s in self.errors for s in self.neighbours):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    late = [self._peer(s) for s in self.neighbours if s not in self.closed]
-                    raise PeerTimeout(f"{', '.join(late)} did not finish within {self.timeout:g} s")
-                self.cond.wait(remaining)
-            for s in self.neighbours:
-                if s in self.errors:
-                    raise PeerError(f"lost {self._peer(s)} at the end of the run: {_short(self.errors[s])}")
-        if self.box:
-            raise RuntimeError(f"messages never used: {sorted(self.box)[:5]}")
+        left = {s: [k for k, _, _ in box.posted] for s, box in self.inbox.items() if box.posted}
+        if left:
+            raise RuntimeError(f"stage {self.stage}: messages never used: {left}")
 
 
 def _what(key) -> str:

@@ -35,6 +35,7 @@ from ..config import RunConfig
 from ..metrics import MetricsWriter
 from ..timeline import Recorder
 from ..worker import Worker
+from .dist_plan import MessagePlan, feature_shapes
 from .dist_transport import DistTransport, PeerError
 
 EVAL_BATCH = 1000  # test chunk size, as in engines.sim.evaluate
@@ -150,21 +151,26 @@ class StageProcess:
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
         self.run = run = build_run(cfg)
-        smallest = len(run.batches.indices(run.batches.per_epoch - 1))
+        bs, n = run.batches.batch_size, len(run.batches.x)
+        smallest = min(bs, n - (run.batches.per_epoch - 1) * bs)
         if D > smallest:
             raise ValueError(f"--replicas {D} is more than the smallest batch ({smallest} samples): every "
                              f"replica needs at least one sample of each batch")
-        self.stage = build_stage(run, k, device)
+        from ..train import eval_ticks
+        self.evals = eval_ticks(run.schedule, run.batches.per_epoch, cfg.epochs)
         self.schedule = run.schedule
         dtype = getattr(torch, cfg.dtype)
         self.test_x, self.test_y = run.dataset.test_x.to(dtype), run.dataset.test_y
+        plan = MessagePlan(run.schedule, self.evals, feature_shapes(run.modules, run.batches.x), run.batches,
+                           layout.replica, D, len(self.test_x), EVAL_BATCH)
+        self.stage = build_stage(run, k, device)
         init_process_group(backend, layout, rendezvous, cfg.timeout)
         groups = [dist.new_group(layout.ranks_of_stage(s)) if D > 1 else None for s in range(cfg.stages)]
         if D > 1:
             self.stage.grad_sync = grad_averager(groups[k], D)
         self.recorder = Recorder(enabled=cfg.trace)
         comm = device if backend == "nccl" else "cpu"
-        self.transport = DistTransport(k, layout.replica, cfg.stages, D, timeout=cfg.timeout, device=comm,
+        self.transport = DistTransport(plan, k, layout.replica, cfg.stages, D, timeout=cfg.timeout, device=comm,
                                        on_wait=self.recorder.wait)
         self.worker = Worker(self.stage, self.schedule, ReplicaBatches(run.batches, layout.replica, D),
                              self.transport)
@@ -172,9 +178,7 @@ class StageProcess:
         self.writer = MetricsWriter(cfg.out if layout.rank == 0 else None)
 
     def train(self) -> None:
-        from ..train import eval_ticks
-        evals = eval_ticks(self.schedule, self.run.batches.per_epoch, self.cfg.epochs)
-        k, rec, clock = self.layout.stage, self.recorder, time.perf_counter_ns
+        evals, k, rec, clock = self.evals, self.layout.stage, self.recorder, time.perf_counter_ns
         bar = self._bar()
         dist.barrier()
         rec.start()

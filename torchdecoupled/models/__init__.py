@@ -20,6 +20,7 @@ from torchdecoupled.models.wrn import wrn
 MODELS: dict[str, tuple[Callable[..., nn.Sequential], dict[str, Any]]] = {
     "mlp": (mlp, {}),
     "cnn1d": (cnn1d, {}),
+    "cnn1d_bn": (cnn1d, {"batchnorm": True}),
     "cnn2d": (cnn2d, {}),
     "resnet": (resnet, {}),
     **{f"resnet{d}": (resnet, {"depth": d}) for d in (20, 32, 44, 56, 110, 1202)},
@@ -41,7 +42,7 @@ def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     in_shape = tuple(int(s) for s in in_shape)
     if not in_shape or any(s < 1 for s in in_shape):
-        raise ValueError(f"in_shape must be a non-empty tuple of positive sizes without the batch dimension, got {in_shape}")
+        raise ValueError(f"in_shape must be non-empty positive sizes without the batch dimension, got {in_shape}")
     builder, fixed = MODELS[name]
     clash = sorted(set(fixed) & set(kwargs))
     if clash:

@@ -76,3 +76,34 @@ def test_bad_input_gets_one_clear_line(argv, msg, capsys):
     err = capsys.readouterr().err
     assert msg in err, err
     assert "Traceback" not in err
+
+
+def test_plot_runs(tmp_path):
+    run_train(tmp_path, "a", "--method", "fdg", "--stages", "2")
+    run_train(tmp_path, "b", "--method", "bp", "--stages", "2")
+    png = tmp_path / "p.png"
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_train_on_cifar_files_read_from_disk(tmp_path):
+    from test_data import write_cifar_pickles
+    write_cifar_pickles(tmp_path / "data", "cifar10")
+    records, summary = run_train_args(tmp_path, ["--dataset", "cifar10", "--data-root", str(tmp_path / "data"),
+                                                 "--model", "resnet20", "--stages", "2", "--epochs", "1",
+                                                 "--batch-size", "4", "--method", "fdg", "--no-progress"])
+    assert summary["model"] == "resnet20" and 0.0 <= summary["test_acc"] <= 1.0
+
+
+def test_cifar_missing_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "cifar-10" in err.lower() and "Traceback" not in err
+
+
+def run_train_args(tmp_path, argv):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *argv]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return records, json.loads((out / "summary.json").read_text())

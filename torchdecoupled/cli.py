@@ -1,4 +1,4 @@
-"""The command line: ``torchdecoupled train | compare | schedule | methods``."""
+"""The command line: ``torchdecoupled train | compare | schedule | plot | methods``."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,12 @@ def cmd_schedule(a) -> int:
     return 0
 
 
+def cmd_plot(a) -> int:
+    from .plot import plot_runs
+    print(plot_runs(a.runs, a.out))
+    return 0
+
+
 def cmd_methods(a) -> int:
     for name in sorted(METHODS):
         m = get_method(name)
@@ -134,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object (delay, grid, staleness)")
     _add_method_options(s)
     s.set_defaults(fn=cmd_schedule)
+    pl = sub.add_parser("plot", help="plot test accuracy, loss and staleness of run directories")
+    pl.add_argument("runs", nargs="+", help="run directories (written by train/compare --out)")
+    pl.add_argument("--out", default="runs.png", help="PNG file to write (default runs.png)")
+    pl.set_defaults(fn=cmd_plot)
     sub.add_parser("methods", help="list the methods").set_defaults(fn=cmd_methods)
     return p
 

@@ -46,6 +46,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 per process under dist)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint", action="store_true", help="save OUT/checkpoint.pt after every epoch")
+    p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is DIR/checkpoint.pt")
     d = p.add_argument_group("distributed engine")
     d.add_argument("--engine", default="sim", choices=["sim", "dist"])
     d.add_argument("--replicas", "-D", type=int, default=1, help="data-parallel replicas per stage")
@@ -61,7 +63,8 @@ def _config(a, method: str, out: str | None) -> RunConfig:
         momentum=a.momentum, weight_decay=a.weight_decay, lr_schedule=a.lr_schedule,
         milestones=tuple(int(m) for m in a.milestones.split(",") if m), partition=a.partition, seed=a.seed,
         dtype=a.dtype, device=a.device, engine=a.engine, replicas=a.replicas, backend=a.backend,
-        timeout=a.timeout, init_method=a.init_method, out=out, progress=not a.no_progress, threads=a.threads)
+        timeout=a.timeout, init_method=a.init_method, out=out, progress=not a.no_progress, threads=a.threads,
+        checkpoint=a.checkpoint, resume=a.resume)
 
 
 def cmd_train(a) -> int:

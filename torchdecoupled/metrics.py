@@ -53,11 +53,13 @@ def machine() -> dict:
 
 
 class MetricsWriter:
-    def __init__(self, out: str | None):
+    def __init__(self, out: str | None, records: Sequence[dict] = ()):
+        """Start metrics.jsonl afresh, holding ``records`` (the epochs before a resume)."""
         self.out = out
         if out:
             os.makedirs(out, exist_ok=True)
-            open(os.path.join(out, "metrics.jsonl"), "w").close()
+            with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
 
     def epoch(self, rec: dict) -> None:
         if self.out:

@@ -10,11 +10,15 @@ import time
 
 import torch
 
+import os
+
+from . import checkpoint
 from .build import Run, build_run, build_stage
 from .config import RunConfig
 from .engines.sim import evaluate, run_sim
 from .metrics import MetricsWriter, epoch_record, machine, params_sha256
 from .schedule import Schedule
+from .transport import LocalTransport
 
 
 def eval_ticks(schedule: Schedule, per_epoch: int, epochs: int) -> dict[int, int]:
@@ -54,10 +58,14 @@ def train(cfg: RunConfig) -> dict:
     stages = [build_stage(run, k, cfg.device) for k in range(cfg.stages)]
     dtype = getattr(torch, cfg.dtype)
     test_x, test_y = run.dataset.test_x.to(dtype), run.dataset.test_y
-    writer, records = MetricsWriter(cfg.out), []
+    transport, first_tick, records = LocalTransport(), 0, []
+    if cfg.resume:
+        last, records = checkpoint.load(os.path.join(cfg.resume, "checkpoint.pt"), stages, transport)
+        first_tick = last + 1
+    writer = MetricsWriter(cfg.out, records)
     evals = eval_ticks(run.schedule, run.batches.per_epoch, cfg.epochs)
-    bar = progress_bar(run.schedule.num_ticks, cfg.progress, f"{cfg.method} K={cfg.stages}")
-    start = time.perf_counter()
+    bar = progress_bar(run.schedule.num_ticks - first_tick, cfg.progress, f"{cfg.method} K={cfg.stages}")
+    start = time.perf_counter() - (records[-1]["time_s"] if records else 0.0)
 
     def on_tick(t: int) -> None:
         if bar is not None:
@@ -68,10 +76,13 @@ def train(cfg: RunConfig) -> dict:
         rec = epoch_record(evals[t], per_stage, evaluate(stages, test_x, test_y), time.perf_counter() - start)
         records.append(rec)
         writer.epoch(rec)
+        if cfg.checkpoint and t < run.schedule.num_ticks - 1:
+            checkpoint.save(os.path.join(cfg.out, "checkpoint.pt"), stages, transport, t, records, cfg.__dict__)
         if bar is not None:
             bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.3f}", test_acc=f"{rec['test_acc']:.3f}")
 
-    run_sim(stages, run.schedule, run.batches, on_tick=on_tick)
+    run_sim(stages, run.schedule, run.batches, on_tick=on_tick, transport=transport,
+            ticks=range(first_tick, run.schedule.num_ticks))
     if bar is not None:
         bar.close()
     summary = summarize(run, records, [s.module for s in stages],

@@ -17,15 +17,16 @@ from ..worker import Worker
 
 
 def run_sim(stages: Sequence[Stage], schedule: Schedule, batches, *, stage_order: Sequence[int] | None = None,
-            on_tick: Callable[[int], None] | None = None, ticks: range | None = None) -> None:
-    transport = LocalTransport()
+            on_tick: Callable[[int], None] | None = None, ticks: range | None = None,
+            transport: LocalTransport | None = None) -> None:
+    transport = transport if transport is not None else LocalTransport()
     workers = [Worker(s, schedule, batches, transport) for s in stages]
     for t in ticks if ticks is not None else range(schedule.num_ticks):
         run_tick(schedule, t, lambda a: workers[a.stage].ready(a), lambda a: workers[a.stage].run(a),
                  stage_order)
         if on_tick is not None:
             on_tick(t)
-    if ticks is None and transport.pending():
+    if (ticks is None or ticks.stop == schedule.num_ticks) and transport.pending():
         raise RuntimeError(f"messages left over after the last tick: {transport.pending()[:5]}")
 
 

@@ -33,6 +33,7 @@ def _stage_state(s: Stage) -> dict:
         "module": s.module.state_dict(), "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
         "head": s.head.state_dict() if s.head is not None else None,
+        "predictor": s.predictor.state_dict() if hasattr(s.predictor, "state_dict") else None,  # DTRP
         "num_updates": s.num_updates, "sched_steps": s._sched_steps, "last_backward": s._last_backward,
         "peak_bytes": s.telemetry.peak_bytes, "inflight": records, "snapshots": snaps,
         "grads": [None if p.grad is None else p.grad.detach().clone() for p in s.params + s.head_params],
@@ -77,6 +78,8 @@ def load(path: str, stages: list[Stage], transport: LocalTransport) -> tuple[int
             s.scheduler.load_state_dict(st["scheduler"])
         if s.head is not None and st["head"] is not None:
             s.head.load_state_dict(st["head"])
+        if st.get("predictor") is not None:
+            s.predictor.load_state_dict(st["predictor"])
         s.num_updates, s._sched_steps, s._last_backward = st["num_updates"], st["sched_steps"], st["last_backward"]
         s.telemetry.peak_bytes = st["peak_bytes"]
         for p, g in zip(s.params + s.head_params, st["grads"]):  # ADL's partly accumulated window

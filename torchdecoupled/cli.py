@@ -158,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"torchdecoupled: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a distributed run whose stage failed: one line naming the stage
+        from .engines.dist import DistributedError
+        if not isinstance(e, DistributedError):
+            raise
+        print(f"torchdecoupled: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("torchdecoupled: interrupted", file=sys.stderr)
         return 130

@@ -26,10 +26,12 @@ Before the stage's first update there is nothing to extrapolate and every predic
 forward uses w). A prediction for s = 0 is w itself (bit for bit, so s = 0 behaves as ``none``).
 
 Protocol: a predictor is any callable ``predictor(stage, s) -> list[Tensor] | None`` returning one tensor
-per ``stage.params`` (None: use the current weights). The built-ins attach optimizer hooks to the first
-stage that calls them, so build one per stage: ``make_predictor(name)``. Their state (``delta``: one copy
+per ``stage.params`` (None: use the current weights). The built-ins hook the optimizer of the stage they
+are attached to (``Stage`` calls ``attach`` when it is built, so they see every update), so build one per
+stage: ``make_predictor(name)``. Their state (``delta``: one copy
 of the weights; ``momentum`` under plain SGD: one copy of the last step) is not counted in
-``Stage.stored_bytes``, which counts in-flight batches only.
+``Stage.stored_bytes``, which counts in-flight batches only; ``state_dict()`` / ``load_state_dict()`` carry
+it through a checkpoint.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ import torch
 
 
 class Predictor:
-    """Base class: binds to one stage on the first call, counts its optimizer steps."""
+    """Base class: bound to one stage (``Stage`` attaches it when built; else the first call does), it counts
+    the stage's optimizer steps through step hooks."""
 
     name = "base"
 
@@ -66,6 +69,21 @@ class Predictor:
         self.stage = stage
         self._handles.append(stage.optimizer.register_step_post_hook(self._count))
         self._handles.append(stage.optimizer.register_step_pre_hook(self._before_step))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume bit for bit: the step count and the remembered step/weights."""
+        saved = self._saved()
+        return {"steps": self.steps, "tensors": None if saved is None else [t.clone() for t in saved]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self._restore(state["tensors"])
+
+    def _saved(self) -> list[torch.Tensor] | None:
+        return None
+
+    def _restore(self, tensors: list[torch.Tensor] | None) -> None:
+        pass
 
     def remove(self) -> None:
         """Detach the optimizer hooks."""
@@ -111,6 +129,12 @@ class MomentumPredictor(Predictor):
         super().__init__()
         self._last: list[torch.Tensor] | None = None  # plain SGD: the last step direction
 
+    def _saved(self):
+        return self._last
+
+    def _restore(self, tensors):
+        self._last = tensors
+
     def attach(self, stage) -> None:
         opt = stage.optimizer
         if isinstance(opt, torch.optim.Adam):  # AdamW is an Adam
@@ -122,16 +146,17 @@ class MomentumPredictor(Predictor):
         elif not isinstance(opt, torch.optim.SGD):
             raise ValueError(f"predictor 'momentum' supports SGD, Adam and AdamW (got {type(opt).__name__}); "
                              f"use predictor 'delta', which extrapolates the last step of any optimizer")
-        self.groups = _groups(opt, stage.params)
+        _groups(opt, stage.params)  # fail now if a parameter is missing
         super().attach(stage)
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         if not isinstance(optimizer, torch.optim.SGD):
             return
-        if all(g["momentum"] != 0 for g in self.groups):
+        groups = _groups(optimizer, self.stage.params)  # looked up each time: load_state_dict replaces them
+        if all(g["momentum"] != 0 for g in groups):
             return
         last = []
-        for p, g in zip(self.stage.params, self.groups):
+        for p, g in zip(self.stage.params, groups):
             d = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
             if g["maximize"]:
                 d = -d
@@ -143,7 +168,7 @@ class MomentumPredictor(Predictor):
     def predict(self, stage, s: int) -> list[torch.Tensor]:
         adam = isinstance(stage.optimizer, torch.optim.Adam)
         out = []
-        for i, (p, g) in enumerate(zip(stage.params, self.groups)):
+        for i, (p, g) in enumerate(zip(stage.params, _groups(stage.optimizer, stage.params))):
             v = self._adam_direction(p, g) if adam else self._sgd_direction(i, p, g)
             out.append(p.detach().clone() if v is None else torch.add(p.detach(), v, alpha=-s * float(g["lr"])))
         return out
@@ -175,6 +200,12 @@ class DeltaPredictor(Predictor):
     def __init__(self):
         super().__init__()
         self._prev: list[torch.Tensor] | None = None
+
+    def _saved(self):
+        return self._prev
+
+    def _restore(self, tensors):
+        self._prev = tensors
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         if self._prev is None:

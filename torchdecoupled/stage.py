@@ -79,6 +79,8 @@ class Stage:
         dev = self.params[0].device if self.params else torch.device("cpu")
         self.device = dev
         self._rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+        if self.recompute and hasattr(predictor, "attach"):
+            predictor.attach(self)  # its optimizer hooks must see every update, also one before the first F
 
     # ---- helpers -------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -18,6 +18,7 @@ import json
 import time
 
 MAX_EVENTS = 200_000   # per process; later events still count in the idle fraction
+MIN_WAIT_NS = 20_000   # shorter waits (the message was already there) count but are not drawn
 GANTT_TICKS = 40       # ticks drawn in the PNG
 COLORS = {"F": "#4C72B0", "B": "#DD8452", "U": "#C44E52", "wait": "#BBBBBB", "send": "#8C8C8C",
           "eval": "#8172B3"}
@@ -49,13 +50,14 @@ class Recorder:
     def wait(self, what: str, t0: int, t1: int) -> None:
         """Time blocked inside an action: on a message (``wait ...``) or on a send (``send ...``)."""
         self.blocked_ns += t1 - t0
-        self._add("send" if what.startswith("send") else "wait", what, t0, t1)
+        if t1 - t0 >= MIN_WAIT_NS:
+            self._add("send" if what.startswith("send") else "wait", what, t0, t1)
 
     def span(self, cat: str, name: str, t0: int, t1: int) -> None:
         self._add(cat, name, t0, t1)
 
     def close_window(self) -> float:
-        """Idle fraction since the last call (or start); the next window starts at the next action."""
+        """Idle fraction of the window that ends now (it began at start() or at open_window())."""
         now = time.perf_counter_ns()
         elapsed, busy = now - self.window_start, self.busy_ns - self.blocked_ns
         self.total_elapsed_ns += elapsed
@@ -65,8 +67,9 @@ class Recorder:
         return idle(busy, elapsed)
 
     def open_window(self) -> None:
-        """Start the next window now (after an evaluation, which does not count)."""
+        """Start the next window now: what happened since close_window() (an evaluation) does not count."""
         self.window_start = time.perf_counter_ns()
+        self.busy_ns = self.blocked_ns = 0
 
     @property
     def total_idle(self) -> float:
@@ -108,25 +111,27 @@ def plot_gantt(path: str, traces: list[dict], ticks: int = GANTT_TICKS, title: s
     from matplotlib.patches import Patch
 
     rows = sorted(traces, key=lambda tr: (tr["stage"], tr["replica"]))
+    shown = [[e for e in tr["events"] if e[2] < ticks] for tr in rows]
+    label = sum(e[0] in ("F", "B") for events in shown for e in events) <= 150  # while bars are wide enough
     fig, ax = plt.subplots(figsize=(12, 1.0 + 0.6 * len(rows)))
-    end = 0.0
-    for i, tr in enumerate(rows):
+    end = max((e[4] for events in shown for e in events), default=1) / 1e6
+    for i, events in enumerate(shown):
         y = len(rows) - 1 - i
-        for layer in (("F", "B", "U", "eval"), ("wait", "send")):  # waits on top of their action
-            for cat, name, tick, t0, t1 in tr["events"]:
-                if cat in layer and tick < ticks:
-                    ax.broken_barh([(t0 / 1e6, max((t1 - t0) / 1e6, 1e-3))], (y - 0.4, 0.8),
-                                   facecolors=COLORS[cat], edgecolor="none")
-                    end = max(end, t1 / 1e6)
-                    if cat in "FBU" and len(tr["events"]) < 400:
-                        ax.text((t0 + t1) / 2e6, y, name, ha="center", va="center", fontsize=6, color="white")
+        for cat in ("F", "B", "U", "eval", "wait", "send"):  # waits last: on top of the action they block
+            bars = [(t0 / 1e6, max((t1 - t0) / 1e6, end / 2000)) for c, _, _, t0, t1 in events if c == cat]
+            if bars:
+                ax.broken_barh(bars, (y - 0.4, 0.8), facecolors=COLORS[cat], edgecolor="none")
+        if label:
+            for cat, name, _, t0, t1 in events:
+                if cat in ("F", "B") and (t1 - t0) / 1e6 > end / 80:  # only where the name fits
+                    ax.text((t0 + t1) / 2e6, y, name, ha="center", va="center", fontsize=6, color="white")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"stage {tr['stage']} r{tr['replica']} (idle {tr['idle']:.0%})" for tr in reversed(rows)])
     ax.set_xlabel("ms since start")
-    ax.set_xlim(0, end * 1.01 if end else 1)
+    ax.set_xlim(0, end * 1.01)
     ax.set_title(title or f"measured timeline, ticks 0-{ticks - 1} (full trace: timeline.json)")
-    ax.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], loc="upper right", ncol=6,
-              fontsize=7)
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], loc="upper center", ncol=6,
+              fontsize=7, bbox_to_anchor=(0.5, -0.35 / (1 + 0.6 * len(rows)) * 2.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

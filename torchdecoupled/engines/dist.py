@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 
 from ..config import RunConfig
 from .dist_launch import DistributedError, launch
-from .dist_worker import FAULT_ENV, Fault, Layout, StageFailure, run_rank
+from .dist_layout import Layout
+from .dist_worker import FAULT_ENV, Fault, StageFailure, run_rank
 
 BACKENDS = ("gloo", "nccl")
 MAX_LOCAL_ENV = "TORCHDECOUPLED_MAX_PROCS"
@@ -40,7 +41,7 @@ def train_dist(cfg: RunConfig, *, return_state: bool = False):
     """Train with one process per stage x replica; returns the summary (also in cfg.out/summary.json).
 
     With ``return_state=True`` returns ``(summary, states)``: every stage's final ``state_dict`` (from
-    replica 0), in stage order."""
+    replica 0), in stage order. Under torchrun, ranks other than 0 return None (or (None, None))."""
     cfg = cfg.resolved()
     backend = check_backend(cfg)
     world = cfg.stages * cfg.replicas
@@ -56,6 +57,8 @@ def train_dist(cfg: RunConfig, *, return_state: bool = False):
             summary, states = run_rank(cfg, layout, _device(cfg, local_rank), backend,
                                        ("url", cfg.init_method or "env://"), None, fault, return_state)
         except StageFailure as e:
+            if e.config_error:
+                raise ValueError(e.config_error) from e
             print(f"torchdecoupled: {e}", file=sys.stderr, flush=True)
             raise
         _destroy()

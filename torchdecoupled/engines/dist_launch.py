@@ -9,8 +9,9 @@ Watching: the launcher waits on every child's sentinel and result pipe. The firs
 others at once (SIGKILL, which also ends a stopped process) and raise ``DistributedError`` naming the
 stage, the rank and the tick (each child writes its current tick into a shared array). A child whose
 error is caused by a peer (the peer died, or was silent past the timeout) is a consequence, not the
-cause: the launcher then waits up to ``GRACE_S`` for the cause to show itself. Children watch the
-launcher in turn: when their pipe to it closes (the launcher died), they exit.
+cause: the launcher then names a stopped process if there is one (from /proc), or waits up to
+``GRACE_S`` for the cause to show itself. Children watch the launcher in turn: when their pipe to it
+closes (the launcher died), they exit. Ctrl-C reaches the launcher, which stops the children.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -27,7 +29,8 @@ import types
 from datetime import timedelta
 
 from ..config import RunConfig
-from .dist_worker import Fault, Layout, StageFailure, run_rank
+from .dist_layout import Layout
+from .dist_worker import Fault, StageFailure, run_rank
 
 GRACE_S = 1.0
 
@@ -98,30 +101,36 @@ def _bare_main():
 
 def child_main(cfg, layout: Layout, device, backend, rendezvous, progress, conn, fault, return_state):
     """One child process: run the rank, report to the launcher, exit (os._exit: no teardown hangs)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it kills us
     threading.Thread(target=_exit_with_launcher, args=(conn,), daemon=True).start()
     code = 1
     try:
         summary, states = run_rank(cfg, layout, device, backend, rendezvous, progress, fault, return_state)
-        conn.send(("done", (summary, states) if layout.rank == 0 else None))
+        _send(conn, ("done", (summary, states) if layout.rank == 0 else None))
         code = 0
     except StageFailure as e:
         if e.peer:
             print(f"torchdecoupled: {e}", file=sys.stderr)
-        else:
+        elif not e.config_error:  # a configuration error: the launcher raises it in one line
             traceback.print_exc()
-        _try_send(conn, ("error", str(e), e.peer))
+        _try_send(conn, ("error", str(e), e.peer, e.config_error))
     except BaseException as e:  # noqa: BLE001 - whatever it is, the launcher must hear of it
         traceback.print_exc()
-        _try_send(conn, ("error", f"{layout.name()} failed: {type(e).__name__}: {e}", False))
+        _try_send(conn, ("error", f"{layout.name()} failed: {type(e).__name__}: {e}", False, None))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
+def _send(conn, msg) -> None:
+    """Plain pickle: multiprocessing's would pass tensors as shared memory of a process about to exit."""
+    conn.send_bytes(pickle.dumps(msg))
+
+
 def _try_send(conn, msg) -> None:
     try:
-        conn.send(msg)
+        _send(conn, msg)
     except OSError:
         pass
 
@@ -136,6 +145,7 @@ def _exit_with_launcher(conn) -> None:
 
 
 def _watch(procs, conns, progress, layout: Layout):
+    """Wait for every child; on the first failure raise DistributedError (the caller kills the rest)."""
     waiting = {p.sentinel: r for r, p in enumerate(procs)}
     waiting.update({c: r for r, c in enumerate(conns)})
     reports: dict[int, tuple] = {}
@@ -143,43 +153,50 @@ def _watch(procs, conns, progress, layout: Layout):
     first = None
     while waiting:
         timeout = None if first is None else max(0.0, first + GRACE_S - time.monotonic())
-        ready = mp.connection.wait(list(waiting), timeout)
-        for obj in ready:
+        for obj in mp.connection.wait(list(waiting), timeout):
+            if obj not in waiting:  # a pipe already read when its process ended
+                continue
             r = waiting.pop(obj)
             if obj is procs[r].sentinel:
                 procs[r].join()
                 codes[r] = procs[r].exitcode
-                obj = conns[r] if conns[r] in waiting and conns[r].poll(0) else None  # its last words
-                waiting.pop(obj, None)
-            if obj is conns[r]:
-                try:
-                    reports[r] = obj.recv()
-                except (EOFError, OSError):
-                    pass
+                if conns[r] not in waiting or not conns[r].poll(0):
+                    continue
+                obj = conns[r]  # read its last words before judging its exit
+                waiting.pop(obj)
+            try:
+                reports[r] = pickle.loads(obj.recv_bytes())
+            except (EOFError, OSError):
+                pass
         failed = sorted({r for r, c in codes.items() if c != 0} | {r for r, m in reports.items() if m[0] == "error"})
         if not failed:
             continue
         first = time.monotonic() if first is None else first
-        causes = [r for r in failed if r not in reports or not reports[r][2]]
-        if causes or time.monotonic() >= first + GRACE_S:
-            raise DistributedError(_explain(causes[0] if causes else failed[0], procs, reports, codes,
-                                            progress, layout))
+        causes = [r for r in failed if not (reports.get(r, ("",))[0] == "error" and reports[r][2])]
+        if causes:
+            bad_config = reports.get(causes[0], ("", "", False, None))[3]
+            if bad_config:
+                raise ValueError(bad_config)  # found while setting up: the same on every rank
+            raise DistributedError(f"distributed run failed: {_explain(causes[0], reports, codes, progress, layout)}")
+        stopped = [r for r, p in enumerate(procs) if p.is_alive() and _state(p.pid) == "T"]
+        if stopped or time.monotonic() >= first + GRACE_S:  # only consequences: name the silent one if known
+            msg = _explain(failed[0], reports, codes, progress, layout)
+            if stopped:
+                msg = (f"{layout.name(stopped[0])} stopped at tick {progress[stopped[0]]} (its process is stopped: "
+                       f"SIGSTOP?); {msg}")
+            raise DistributedError(f"distributed run failed: {msg}")
+    if 0 not in reports:
+        raise DistributedError("distributed run failed: rank 0 ended without reporting its result")
     return reports[0][1]
 
 
-def _explain(r: int, procs, reports, codes, progress, layout: Layout) -> str:
+def _explain(r: int, reports, codes, progress, layout: Layout) -> str:
     if r in reports and reports[r][0] == "error":
-        msg = reports[r][1]
-    else:
-        code, tick = codes.get(r), progress[r]
-        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        where = "during setup" if tick < 0 else f"at tick {tick}"
-        msg = f"{layout.name(r)} died {where} ({how})"
-    stopped = [layout.name(i) + f" at tick {progress[i]}" for i, p in enumerate(procs)
-               if i != r and p.is_alive() and _state(p.pid) == "T"]
-    if stopped:
-        msg += f"; {', '.join(stopped)} is stopped (SIGSTOP?)"
-    return f"distributed run failed: {msg}; stopped the other {len(procs) - 1} process(es)"
+        return reports[r][1]
+    code, tick = codes.get(r), progress[r]
+    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    where = "during setup" if tick < 0 else f"at tick {tick}"
+    return f"{layout.name(r)} died {where} ({how})"
 
 
 def _state(pid: int) -> str:

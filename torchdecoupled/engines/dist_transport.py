@@ -23,6 +23,7 @@ but silent makes the wait fail after ``timeout`` seconds (``PeerTimeout``).
 from __future__ import annotations
 
 import collections
+import re
 import time
 from datetime import timedelta
 from typing import Callable
@@ -32,7 +33,7 @@ import torch.distributed as dist
 
 from .dist_plan import Key, MessagePlan
 
-PREFETCH = 4           # receives posted ahead per neighbour
+PREFETCH = 4           # receives posted ahead per neighbour (gloo; NCCL: 0, see DistTransport)
 MAX_OUTSTANDING = 16   # sent messages whose completion is not yet waited
 
 
@@ -47,15 +48,15 @@ class PeerTimeout(PeerError, TimeoutError):
 class _Inbox:
     """The receives posted ahead on one channel, in the channel's agreed order."""
 
-    def __init__(self, plan: MessagePlan, src: int, dst: int, peer: int, device: torch.device):
-        self.plan, self.peer, self.device = plan, peer, device
+    def __init__(self, plan: MessagePlan, src: int, dst: int, peer: int, device: torch.device, prefetch: int):
+        self.plan, self.peer, self.device, self.prefetch = plan, peer, device, prefetch
         self.expected = plan.between(src, dst)
         self.posted: collections.deque = collections.deque()
         self.fill()
 
     def fill(self, until: Key | None = None) -> None:
-        """Keep PREFETCH receives posted (more if ``until`` is not posted yet)."""
-        while len(self.posted) < PREFETCH or (until is not None and all(k != until for k, _, _ in self.posted)):
+        """Keep ``prefetch`` receives posted (more if ``until`` is not posted yet)."""
+        while len(self.posted) < self.prefetch or (until is not None and all(k != until for k, _, _ in self.posted)):
             key = next(self.expected, None)
             if key is None:
                 return
@@ -84,8 +85,11 @@ class DistTransport:
         self.timeout, self.device = timedelta(seconds=timeout), torch.device(device)
         self.on_wait = on_wait  # on_wait(what, start_ns, end_ns): time this process spent blocked
         self.outstanding: collections.deque = collections.deque()
+        # NCCL runs a pair's sends and receives on one stream in posting order: a receive posted early
+        # would hold back this rank's sends behind it, so there receives are posted when needed.
+        prefetch = 0 if self.device.type == "cuda" else PREFETCH
         neighbours = [s for s in (stage - 1, stage + 1) if 0 <= s < num_stages]
-        self.inbox = {s: _Inbox(plan, s, stage, self.rank_of(s), self.device) for s in neighbours}
+        self.inbox = {s: _Inbox(plan, s, stage, self.rank_of(s), self.device, prefetch) for s in neighbours}
 
     def rank_of(self, stage: int) -> int:
         return stage * self.replicas + self.replica
@@ -109,7 +113,7 @@ class DistTransport:
         try:
             work = dist.isend(t, self.rank_of(dst)) if t.numel() else None
         except RuntimeError as e:
-            raise PeerError(f"sending {_what(key)} to {self._peer(dst)} failed: {_short(e)}") from e
+            raise PeerError(f"sending {_what(key)} to {self._peer(dst)} failed: {brief(e)}") from e
         self.outstanding.append((work, t, key))
         if len(self.outstanding) > MAX_OUTSTANDING:
             self._complete(*self.outstanding.popleft())
@@ -148,7 +152,7 @@ class DistTransport:
                 raise PeerTimeout(f"{doing} {self._peer(peer)}: nothing for {self.timeout.total_seconds():g} s; the "
                                   f"peer is alive but silent (stopped or stuck?); raise --timeout if one tick or one "
                                   f"evaluation legitimately takes longer") from e
-            raise PeerError(f"lost {self._peer(peer)} while {doing} it: {_short(e)}") from e
+            raise PeerError(f"lost {self._peer(peer)} while {doing} it: {brief(e)}") from e
         if self.on_wait is not None:
             self.on_wait(label, t0, time.perf_counter_ns())
 
@@ -156,7 +160,8 @@ class DistTransport:
     def close(self) -> None:
         """Deliver everything sent; every agreed message must have been received."""
         self.flush()
-        left = {s: [k for k, _, _ in box.posted] for s, box in self.inbox.items() if box.posted}
+        left = {s: [k for k, _, _ in box.posted] + list(box.expected) for s, box in self.inbox.items()}
+        left = {s: keys[:5] for s, keys in left.items() if keys}
         if left:
             raise RuntimeError(f"stage {self.stage}: messages never used: {left}")
 
@@ -167,7 +172,8 @@ def _what(key) -> str:
             "eval": f"evaluation chunk {batch}"}.get(kind, kind)
 
 
-def _short(e: BaseException) -> str:
-    """The first line of a backend error (gloo's messages run over several lines)."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+def brief(e: BaseException) -> str:
+    """The first sentence of a backend error, without gloo's source location."""
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|py):\d+\]\s*", "", str(e).strip())
+    text = re.split(r"(?<=\.) |\n", text, maxsplit=1)[0]
+    return f"{type(e).__name__}: {text}"

@@ -1,13 +1,9 @@
 """One process of the distributed engine: one replica of one stage, run tick by tick.
 
-Rank layout: ``rank = stage * D + replica`` (D = replicas), so stage k's replicas are the consecutive
-ranks ``k*D .. k*D + D-1`` and replica r forms its own pipeline with replica r of the other stages.
-
-Every process builds the whole run deterministically (``build_run``, same seed), keeps its own stage,
-and loads the data it needs itself: stage 0 its batches' inputs, the last stage (and local-learning
-stages) their labels. Replica r takes the contiguous slice r of every batch (``torch.tensor_split``);
-its loss is the mean over its slice and ``Stage.grad_sync`` averages the gradients over the stage's D
-replicas before each update. Then it runs exactly the simulator's loop::
+Every process builds the whole run deterministically (``build_run``, same seed), keeps its own stage
+(``rank = stage * D + replica``, see ``dist_layout``), and loads the data it needs itself: stage 0 its
+batches' inputs, the last stage (and local-learning stages) their labels, each replica its slice. Then
+it runs exactly the simulator's loop::
 
     for t in range(schedule.num_ticks):
         for a in schedule.actions(t, k):
@@ -20,53 +16,29 @@ per-process results and writes the epoch record.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import signal
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..build import build_run, build_stage
 from ..config import RunConfig
+from ..methods import get_method
 from ..metrics import MetricsWriter
 from ..timeline import Recorder
 from ..worker import Worker
+from .dist_layout import Layout, ReplicaBatches, collective, grad_averager, init_process_group
 from .dist_plan import MessagePlan, feature_shapes
 from .dist_transport import DistTransport, PeerError
 
 EVAL_BATCH = 1000  # test chunk size, as in engines.sim.evaluate
 FAULT_ENV = "TORCHDECOUPLED_FAULT"
 FAULT_KINDS = ("exit", "kill", "raise", "stop")
-
-
-@dataclass(frozen=True)
-class Layout:
-    stages: int
-    replicas: int
-    rank: int
-
-    @property
-    def stage(self) -> int:
-        return self.rank // self.replicas
-
-    @property
-    def replica(self) -> int:
-        return self.rank % self.replicas
-
-    @property
-    def world_size(self) -> int:
-        return self.stages * self.replicas
-
-    def ranks_of_stage(self, k: int) -> list[int]:
-        return [k * self.replicas + r for r in range(self.replicas)]
-
-    def name(self, rank: int | None = None) -> str:
-        rank = self.rank if rank is None else rank
-        return f"stage {rank // self.replicas} (rank {rank})"
 
 
 @dataclass(frozen=True)
@@ -99,44 +71,21 @@ class Fault:
         os.kill(os.getpid(), signal.SIGKILL if self.kind == "kill" else signal.SIGSTOP)
 
 
-class ReplicaBatches:
-    """Replica r's contiguous slice of every batch (inputs and labels alike)."""
-
-    def __init__(self, batches, replica: int, replicas: int):
-        self.batches, self.replica, self.replicas = batches, replica, replicas
-        self.per_epoch = batches.per_epoch
-
-    def get(self, b: int):
-        x, y = self.batches.get(b)
-        return x.tensor_split(self.replicas)[self.replica], y.tensor_split(self.replicas)[self.replica]
-
-
-def grad_averager(group, replicas: int):
-    """Stage.grad_sync for D replicas: one all-reduce of all gradients of the stage, divided by D."""
-    def sync(params: list[torch.Tensor]) -> None:
-        have = [p for p in params if p.grad is not None]  # the same on every replica (same graph)
-        if not have:
-            return
-        grads = [p.grad for p in have]
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat, group=group)
-        flat.div_(replicas)
-        for p, g in zip(have, _unflatten_dense_tensors(flat, grads)):
-            p.grad = g
-    return sync
+def agree_on_partition(cfg: RunConfig, layout: Layout):
+    """A measured partition ("time") would differ from process to process: rank 0 measures, and every
+    rank cuts where rank 0 did. Returns (config with explicit boundaries, rank 0's run or None)."""
+    spec = cfg.partition or get_method(cfg.method, **cfg.method_opts).partition
+    if spec != "time" or cfg.stages == 1:
+        return cfg, None
+    run = build_run(cfg) if layout.rank == 0 else None
+    box = [boundaries(run.modules) if run is not None else None]
+    collective("agreeing on the measured partition", dist.broadcast_object_list, box, src=0)
+    return dataclasses.replace(cfg, partition=",".join(map(str, box[0]))), run
 
 
-def init_process_group(backend: str, layout: Layout, rendezvous: tuple[str, object], timeout: float) -> None:
-    """rendezvous: ("store", (host, port)) of the launcher's TCPStore, or ("url", init_method)."""
-    td = timedelta(seconds=timeout)
-    how, where = rendezvous
-    kw = dict(rank=layout.rank, world_size=layout.world_size, timeout=td)
-    if how == "store":
-        host, port = where
-        store = dist.TCPStore(host, port, is_master=False, timeout=td)
-        dist.init_process_group(backend, store=store, **kw)
-    else:
-        dist.init_process_group(backend, init_method=where, **kw)
+def boundaries(modules) -> list[int]:
+    """The cut points of a split (``--partition a,b,...`` reproduces it)."""
+    return list(itertools.accumulate(len(m) for m in modules))[:-1]
 
 
 class StageProcess:
@@ -150,12 +99,15 @@ class StageProcess:
         torch.set_num_threads(cfg.threads or 1)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        self.run = run = build_run(cfg)
+        init_process_group(backend, layout, rendezvous, cfg.timeout)
+        cfg, run = agree_on_partition(cfg, layout)
+        self.cfg = cfg
+        self.run = run = run or build_run(cfg)
         bs, n = run.batches.batch_size, len(run.batches.x)
         smallest = min(bs, n - (run.batches.per_epoch - 1) * bs)
         if D > smallest:
-            raise ValueError(f"--replicas {D} is more than the smallest batch ({smallest} samples): every "
-                             f"replica needs at least one sample of each batch")
+            raise ValueError(f"--replicas {D} needs at least {D} samples in every batch, but the last batch of an "
+                             f"epoch has {smallest} (change --batch-size)")
         from ..train import eval_ticks
         self.evals = eval_ticks(run.schedule, run.batches.per_epoch, cfg.epochs)
         self.schedule = run.schedule
@@ -164,7 +116,6 @@ class StageProcess:
         plan = MessagePlan(run.schedule, self.evals, feature_shapes(run.modules, run.batches.x), run.batches,
                            layout.replica, D, len(self.test_x), EVAL_BATCH)
         self.stage = build_stage(run, k, device)
-        init_process_group(backend, layout, rendezvous, cfg.timeout)
         groups = [dist.new_group(layout.ranks_of_stage(s)) if D > 1 else None for s in range(cfg.stages)]
         if D > 1:
             self.stage.grad_sync = grad_averager(groups[k], D)
@@ -180,7 +131,7 @@ class StageProcess:
     def train(self) -> None:
         evals, k, rec, clock = self.evals, self.layout.stage, self.recorder, time.perf_counter_ns
         bar = self._bar()
-        dist.barrier()
+        collective("the start barrier", dist.barrier)
         rec.start()
         self.start = time.perf_counter()
         for t in range(self.schedule.num_ticks):
@@ -209,15 +160,13 @@ class StageProcess:
         return progress_bar(self.schedule.num_ticks, True, f"{self.cfg.method} K={self.cfg.stages} dist")
 
     def end_epoch(self, epoch: int, bar=None) -> None:
+        """Collect, evaluate, gather on rank 0 (drawn as one "eval" span; not counted in the idle fraction)."""
         idle = self.recorder.close_window()
-        stats = self.stage.collect(epoch)
         t0 = time.perf_counter_ns()
-        evals = self.evaluate(epoch)
-        self.recorder.span("eval", f"eval {epoch}", t0, time.perf_counter_ns())
-        mine = {"stage": self.layout.stage, "replica": self.layout.replica, "collect": stats, "eval": evals,
-                "idle": idle}
+        mine = {"stage": self.layout.stage, "replica": self.layout.replica, "collect": self.stage.collect(epoch),
+                "eval": self.evaluate(epoch), "idle": idle}
         everyone = [None] * self.layout.world_size if self.layout.rank == 0 else None
-        dist.gather_object(mine, everyone, dst=0)
+        collective(f"gathering epoch {epoch}'s results", dist.gather_object, mine, everyone, dst=0)
         if everyone is not None:
             from .dist_outputs import merge_epoch
             rec = merge_epoch(epoch, everyone, self.cfg.stages, time.perf_counter() - self.start)
@@ -225,6 +174,7 @@ class StageProcess:
             self.writer.epoch(rec)
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{rec['train_loss']:.3f}", test_acc=f"{rec['test_acc']:.3f}")
+        self.recorder.span("eval", f"eval {epoch}", t0, time.perf_counter_ns())
         self.recorder.open_window()
 
     @torch.no_grad()
@@ -249,8 +199,8 @@ class StageProcess:
         return {"test_loss": loss / n, "test_acc": correct / n} if s.is_last else None
 
     def finish(self, return_state: bool = False):
-        """Gather parameters, peaks and timelines on rank 0, which writes the outputs; every rank returns
-        the summary (rank 0 also the per-stage state dicts if asked)."""
+        """Gather parameters, peaks and timelines on rank 0, which writes the outputs and returns
+        (summary, per-stage state dicts if asked); the other ranks return (None, None)."""
         first = self.layout.replica == 0
         mine = {"stage": self.layout.stage, "replica": self.layout.replica,
                 "params": [p.detach().cpu() for p in self.stage.module.parameters()] if first else None,
@@ -260,25 +210,25 @@ class StageProcess:
                 "trace": self.recorder.export(stage=self.layout.stage, replica=self.layout.replica,
                                               rank=self.layout.rank)}
         everyone = [None] * self.layout.world_size if self.layout.rank == 0 else None
-        dist.gather_object(mine, everyone, dst=0)
+        collective("gathering the final parameters", dist.gather_object, mine, everyone, dst=0)
         summary, states = None, None
         if everyone is not None:
             from .dist_outputs import write_outputs
             summary = write_outputs(self.run, self.writer, self.records, everyone, time.perf_counter() - self.start,
                                     backend=dist.get_backend())
-            states = [e["state"] for e in sorted(everyone, key=lambda e: e["stage"]) if e["replica"] == 0]
-        box = [summary]
-        dist.broadcast_object_list(box, src=0)
-        return box[0], states
+            if return_state:
+                states = [e["state"] for e in sorted(everyone, key=lambda e: e["stage"]) if e["replica"] == 0]
+        return summary, states
 
 
 class StageFailure(RuntimeError):
     """A stage process failed; the message names the stage, the rank and the tick. ``peer`` is True when
-    the cause is another process (it died, or stayed silent past the timeout)."""
+    the cause is another process (it died, or stayed silent past the timeout); ``config_error`` holds the
+    message of a ValueError raised while setting up (a bad configuration, the same on every rank)."""
 
-    def __init__(self, message: str, peer: bool = False):
+    def __init__(self, message: str, peer: bool = False, config_error: str | None = None):
         super().__init__(message)
-        self.peer = peer
+        self.peer, self.config_error = peer, config_error
 
 
 def run_rank(cfg: RunConfig, layout: Layout, device: str, backend: str, rendezvous: tuple[str, object],
@@ -296,5 +246,6 @@ def run_rank(cfg: RunConfig, layout: Layout, device: str, backend: str, rendezvo
             where = "while finishing"
         else:
             where = f"at tick {proc.tick}" if proc.tick >= 0 else "before tick 0"
+        bad_config = str(e) if proc is None and isinstance(e, ValueError) else None
         raise StageFailure(f"{layout.name()} failed {where}: {type(e).__name__}: {e}",
-                           peer=isinstance(e, PeerError)) from e
+                           peer=isinstance(e, PeerError), config_error=bad_config) from e

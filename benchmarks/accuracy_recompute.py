@@ -23,6 +23,7 @@ from torchdecoupled.config import RunConfig
 from torchdecoupled.metrics import machine
 from torchdecoupled.train import train
 
+CHANCE = 0.15  # MNIST-1D has 10 balanced classes: a run below this learned nothing (diverged or collapsed)
 # (label, method, method options, lr override or None)
 ROWS = [
     ("bp", "bp", {}, None),
@@ -78,14 +79,14 @@ def source_state() -> str:
     return f"{commit} + uncommitted changes to torchdecoupled/" if dirty else commit
 
 
-def cell(accs: list[float], seeds: int) -> str:
-    """Mean ± std in %; 'nan' when a run diverged; the count when a cell has fewer seeds than its table."""
-    if not accs:
+def cell(recs: list[dict], seeds: int) -> str:
+    """Mean ± std in %; a † per failed run (loss NaN, or accuracy at chance); the count if seeds are missing."""
+    if not recs:
         return "-"
+    accs = [r["test_acc"] for r in recs]
     m = 100 * statistics.mean(accs)
     out = f"{m:.1f} ± {100 * statistics.stdev(accs):.1f}" if len(accs) > 1 else f"{m:.1f}"
-    if any(a != a for a in accs):
-        out = "nan"
+    out += "†" * sum(r["train_loss"] != r["train_loss"] or r["test_acc"] < CHANCE for r in recs)
     return out + (f" (n={len(accs)})" if len(accs) != seeds else "")
 
 
@@ -100,9 +101,9 @@ def table(recs: list[dict], base_lr: float, stages: list[int]) -> list[str]:
         if not mine:
             continue
         if label == "bp":
-            row = [cell([r["test_acc"] for r in mine], len(seeds))] * len(stages)
+            row = [cell(mine, len(seeds))] * len(stages)
         else:
-            row = [cell([r["test_acc"] for r in mine if r["K"] == K], len(seeds)) for K in stages]
+            row = [cell([r for r in mine if r["K"] == K], len(seeds)) for K in stages]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return lines + [""]
 
@@ -126,7 +127,13 @@ def render(path: str, doc: str, stages: list[int], command: str, source: str) ->
         "after the last epoch (the pipeline drained); every method gets the same seeds, data order and "
         "initial weights. BP does not depend on K. DTRP uses its default partition, `flops` (batch "
         "compensation); every other method the default `params` partition; at K = 4 the model's 4 blocks allow "
-        "one partition only. A row's own lr (infopro) replaces the table's. `nan`: the run diverged.",
+        "one partition only. A row's own lr (infopro) replaces the table's. †: one failed run (its loss became "
+        "NaN, or it collapsed to a constant prediction: accuracy under 15%), still averaged in. 'dsp' and "
+        "'dtrp, predictor none' differ only by DTRP's partition (and gamma = beta = 1 in both); on a "
+        "4-block model the two partitions coincide at K = 2 and 4, so only K = 3 shows the partition's "
+        "effect. With SGD momentum and a per-epoch LR schedule, 'momentum' and 'delta' predict nearly the "
+        "same weights (they differ after an LR change: 'momentum' uses the new LR): read the gap between "
+        "their rows against the ± spread.",
         "",
     ]
     for base_lr in sorted({r["base_lr"] for r in recs}, reverse=True):
@@ -146,11 +153,12 @@ def main() -> None:
     p.add_argument("--results", default="runs/accuracy_issue3.jsonl")
     p.add_argument("--doc", default="docs/accuracy_issue3.md")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--source", help="with --render-only: the commit the runs used (default: the current one)")
     a = p.parse_args()
     torch.set_num_threads(1)
     stages = [int(k) for k in a.stages.split(",")]
     os.makedirs(os.path.dirname(a.results) or ".", exist_ok=True)
-    source = source_state()  # taken before the runs: the code they use
+    source = a.source or source_state()  # taken before the runs: the code they use
     if not a.render_only:
         for lr in [float(v) for v in a.lrs.split(",")]:
             run_all(a.results, a.epochs, [int(s) for s in a.seeds.split(",")], stages, lr)

@@ -2,8 +2,8 @@
 
 Under recomputation a stage k < K-1 does F + F (the recompute) + B per tick, the last stage F + B. For
 ResNet-56 at K = 2, 3, 4 we cut the model several ways and time each stage's per-tick work under
-recomputation (one thread, batch ``--batch``; all partitions interleaved in each of ``--repeats`` rounds, the
-minimum kept, which is the least disturbed run on a shared machine):
+recomputation (one thread, batch ``--batch``, process CPU time; all partitions interleaved in each of
+``--repeats`` rounds, the minimum kept):
 
     params             the default partition of every other method (parameter-balanced)
     flops, F+B         FLOP-balanced without the recompute term (what a stashing method would balance)
@@ -25,15 +25,19 @@ import torch
 from torch import nn
 
 from torchdecoupled.compensate import layer_flops
+from accuracy_recompute import source_state  # benchmarks/ is on sys.path when run as a script
 from torchdecoupled.metrics import machine
 from torchdecoupled.models import build_model
 from torchdecoupled.partition import balance_costs, layer_costs, stage_costs
 
 
 def tick_seconds(stage: nn.Sequential, x: torch.Tensor, last: bool, y: torch.Tensor) -> float:
-    """Seconds of one tick of work: F (no graph), recompute F, B -- or F + loss + B for the last stage."""
+    """CPU seconds of one tick of work: F (no graph), recompute F, B -- or F + loss + B for the last stage.
+
+    Process CPU time, not wall time: on a shared machine the wall clock also counts the time other jobs
+    hold the core (one thread here, so CPU time is the compute time)."""
     params = [p for p in stage.parameters() if p.requires_grad]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     xin = x.detach().requires_grad_(True)
     if not last:
         with torch.no_grad():
@@ -43,7 +47,7 @@ def tick_seconds(stage: nn.Sequential, x: torch.Tensor, last: bool, y: torch.Ten
         torch.autograd.grad(nn.functional.cross_entropy(out, y), params + [xin])
     else:
         torch.autograd.grad(out, params + [xin], torch.ones_like(out))
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def partition_inputs(model: nn.Sequential, cuts: list[int], x: torch.Tensor) -> list[torch.Tensor]:
@@ -61,7 +65,7 @@ def bench(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, stages: list[i
     params = [sum(q.numel() for q in m.parameters()) for m in model]
     flops = layer_flops(list(model), x[:2])
     times = layer_costs(list(model), x, repeats=repeats)
-    rows, summary = [], []
+    rows, summary, spread = [], [], 0.0
     for K in stages:
         variants = {"params": balance_costs(params, K),
                     "flops, F+B": balance_costs(flops, K), "flops, 2F+B (DTRP)": balance_costs(flops, K, True),
@@ -85,12 +89,27 @@ def bench(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, stages: list[i
                         f"{max(ms) / min(ms):.2f} |")
             print(rows[-1], flush=True)
         b = {label: max(v) for label, v in secs.items()}
+        r = {label: max(v) / min(v) for label, v in secs.items()}
+        before, after = "flops, F+B", "flops, 2F+B (DTRP)"
         summary.append(
-            f"- K = {K}: FLOP model {1000 * b['flops, F+B']:.0f} -> {1000 * b['flops, 2F+B (DTRP)']:.0f} ms "
-            f"({b['flops, F+B'] / b['flops, 2F+B (DTRP)']:.2f}x); measured-time model {1000 * b['time, F+B']:.0f} "
-            f"-> {1000 * b['time, 2F+B']:.0f} ms ({b['time, F+B'] / b['time, 2F+B']:.2f}x); "
-            f"params partition {1000 * b['params']:.0f} ms")
-    return rows, summary
+            f"- K = {K}: FLOP model {1000 * b[before]:.0f} -> {1000 * b[after]:.0f} ms "
+            f"({b[before] / b[after]:.2f}x), max/min {r[before]:.2f} -> {r[after]:.2f}; measured-time model "
+            f"{1000 * b['time, F+B']:.0f} -> {1000 * b['time, 2F+B']:.0f} ms ({b['time, F+B'] / b['time, 2F+B']:.2f}x), "
+            f"max/min {r['time, F+B']:.2f} -> {r['time, 2F+B']:.2f}; params partition {1000 * b['params']:.0f} ms")
+        spread = max(spread, same_stage_spread(variants, secs))
+    return rows, summary + [f"- noise: the same stage (same blocks) timed in two partitions differs by up to "
+                            f"{100 * spread:.0f}% in this run"]
+
+
+def same_stage_spread(variants: dict, secs: dict) -> float:
+    """Largest relative difference between two measurements of the same block range (the noise)."""
+    seen: dict[tuple[int, int, bool], list[float]] = {}
+    for label, cuts in variants.items():
+        edges = [0, *cuts]
+        ends = [*cuts, None]
+        for k, (e0, e1) in enumerate(zip(edges, ends)):
+            seen.setdefault((e0, e1, k == len(cuts)), []).append(secs[label][k])
+    return max((max(v) / min(v) - 1 for v in seen.values() if len(v) > 1), default=0.0)
 
 
 HEADER = ["| K | partition | blocks per stage | FLOP model max/min | measured per stage, ms | bottleneck, ms "
@@ -105,7 +124,7 @@ def main() -> None:
     p.add_argument("--doc", default="docs/compensation.md")
     a = p.parse_args()
     torch.set_num_threads(1)
-    mach, t0 = machine(), time.perf_counter()
+    mach, t0, source = machine(), time.perf_counter(), source_state()
     stages = [int(k) for k in a.stages.split(",")]
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -120,7 +139,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/compensation.py --stages {a.stages} --batch {a.batch} --repeats {a.repeats}`  ",
         f"Machine: {mach['platform']}, {mach['cpus']} CPUs (shared with other jobs: expect noise), Python "
-        f"{mach['python']}, torch {mach['torch']}, commit {mach['commit']}; one thread; "
+        f"{mach['python']}, torch {mach['torch']}, source {source}; one thread; "
         f"{time.perf_counter() - t0:.0f} s.",
         "",
         "**Our interpretation.** The DTRP paper's batch compensation scheme is not public. What it has to fix: "
@@ -134,8 +153,9 @@ def main() -> None:
         "idle time of the last stage (measured max/min towards 1).",
         "",
         "Per partition: blocks per stage (stage 0 first), max/min of the FLOP model's per-tick cost (2F+B, "
-        "last F+B), the measured time of one tick's work per stage under recomputation (F without graph + "
-        "recompute F + B; last stage F + loss + B; minimum over interleaved rounds), the bottleneck (the "
+        "last F+B), the measured CPU time of one tick's work per stage under recomputation (F without graph "
+        "+ recompute F + B; last stage F + loss + B; process CPU time, one thread, minimum over interleaved "
+        "rounds), the bottleneck (the "
         "pipeline's tick time) and max/min of the measured times. 'F+B' = before compensation, '2F+B' = after.",
         "",
         f"## MLP, 24 hidden layers of 1024 (equal blocks: FLOPs track time), batch {2 * a.batch}, "
@@ -158,9 +178,11 @@ def main() -> None:
         "FLOPs count convolutions and matmuls only. On a CPU ResNet-56's first blocks (16 channels at 32x32) "
         "are slower per FLOP than its last ones (64 channels at 8x8): BatchNorm and ReLU are memory-bound, "
         "so a FLOP-balanced partition leaves stage 0 slower than the model predicts, and that error is larger "
-        "than the recompute's. The measured-time variant follows the machine, but its cuts change with the "
-        "load at measurement time (here: a shared machine) and every process of a distributed run measures "
-        "on its own (the dist engine builds the run in each process), so the FLOP model is DTRP's default.",
+        "than the recompute's. The measured-time variant follows the machine (on this CPU it balances "
+        "ResNet-56 better), but `partition.layer_costs` times layers by the wall clock, so its cuts change "
+        "with the load at measurement time, and every process of a distributed run would measure on its own "
+        "(the dist engine builds the run in each process) and could cut differently; so the FLOP model, "
+        "deterministic, is DTRP's default and `--partition time` is the option for a quiet machine.",
         "",
     ]
     with open(a.doc, "w") as f:

@@ -19,6 +19,7 @@ import torch
 from torchdecoupled.build import build_run, build_stage
 from torchdecoupled.config import RunConfig
 from torchdecoupled.engines.sim import run_sim
+from accuracy_recompute import source_state  # benchmarks/ is on sys.path when run as a script
 from torchdecoupled.metrics import machine
 
 MB = 2 ** 20
@@ -70,7 +71,7 @@ def main() -> None:
     p.add_argument("--doc", default="docs/memory.md")
     a = p.parse_args()
     torch.set_num_threads(1)
-    mach, t0 = machine(), time.perf_counter()
+    mach, t0, source = machine(), time.perf_counter(), source_state()
     rows, checks = [], []
     for K in [int(k) for k in a.stages.split(",")]:
         res = {}
@@ -94,7 +95,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/memory.py --stages {a.stages} --batch {a.batch}`  ",
         f"Machine: {mach['platform']}, {mach['cpus']} CPUs, Python {mach['python']}, torch {mach['torch']}, "
-        f"commit {mach['commit']}; {time.perf_counter() - t0:.0f} s.",
+        f"source {source}; {time.perf_counter() - t0:.0f} s.",
         "",
         f"ResNet-56 (29 blocks), CIFAR-shaped synthetic data, batch {a.batch}, float32, SGD momentum 0.9; "
         "2K-1 ticks of the simulator (steady state). Peak stored bytes per stage (MB, stage 0 first), read "

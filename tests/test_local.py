@@ -161,6 +161,19 @@ def test_method_registry_and_heads():
         get_method("infopro", head="linear")
 
 
+def test_a_registered_head_of_your_own_trains_through_build(monkeypatch):
+    from torchdecoupled.heads import HEADS
+    built = []
+
+    def factory(feature_shape, num_classes, input_shape, stage=0, num_stages=2):
+        built.append((stage, feature_shape))
+        return make_head("linear", feature_shape, num_classes, input_shape, stage=stage, num_stages=num_stages)
+    monkeypatch.setitem(HEADS, "mine", factory)
+    s = train(RunConfig(method="local", method_opts={"head": "mine"}, stages=3, dataset="mnist1d", epochs=1,
+                        batch_size=500, progress=False))
+    assert [k for k, _ in built] == [0, 1] and s["train_loss"] == s["train_loss"]
+
+
 @pytest.mark.parametrize("name,lr", [("dgl", None), ("infopro", 0.02)])
 def test_trains_end_to_end_on_mnist1d(name, lr):
     # infopro at mnist1d's default lr 0.05 diverges (its MSE reconstruction, lambda1 = 5): see

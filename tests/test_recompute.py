@@ -368,6 +368,16 @@ def test_momentum_predictor_formulas_for_sgd_and_adam():
         state = st.optimizer.state[p]
         m, v = state["exp_avg"] / (1 - 0.8 ** 3), state["exp_avg_sq"] / (1 - 0.9 ** 3)  # after 3 steps
         torch.testing.assert_close(w, p - 2 * 0.01 * m / (v.sqrt() + 1e-6), rtol=1e-12, atol=1e-15)
+    # AdamW: its decoupled weight decay is part of the direction
+    st = _stage_with(lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1))
+    pred = make_predictor("momentum")
+    with pytest.warns(UserWarning):
+        pred(st, 1)
+    _step(st, 1)
+    for w, p in zip(pred(st, 2), st.params):
+        state = st.optimizer.state[p]
+        m, v = state["exp_avg"] / (1 - 0.9), state["exp_avg_sq"] / (1 - 0.999)
+        torch.testing.assert_close(w, p - 2 * 0.01 * (m / (v.sqrt() + 1e-8) + 0.1 * p), rtol=1e-12, atol=1e-15)
 
 
 def test_delta_predictor_extrapolates_the_last_step_of_any_optimizer():

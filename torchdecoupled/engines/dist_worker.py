@@ -35,6 +35,7 @@ from ..worker import Worker
 from .dist_layout import Layout, ReplicaBatches, collective, grad_averager, init_process_group
 from .dist_plan import MessagePlan, feature_shapes
 from .dist_transport import DistTransport, PeerError
+from .malloc import keep_freed_memory
 
 EVAL_BATCH = 1000  # test chunk size, as in engines.sim.evaluate
 FAULT_ENV = "TORCHDECOUPLED_FAULT"
@@ -97,6 +98,7 @@ class StageProcess:
         self.fault = fault if fault is not None and fault.stage == layout.stage else None
         k, D = layout.stage, layout.replicas
         torch.set_num_threads(cfg.threads or 1)
+        keep_freed_memory()  # no page faults in the steady state (engines/malloc.py)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
         init_process_group(backend, layout, rendezvous, cfg.timeout)

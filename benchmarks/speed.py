@@ -1,6 +1,6 @@
 """Speed benchmark (issue 4): images/s of BP (1 and 2 threads), FDG / ADL / DTRP on the distributed engine
 (2 processes x 1 thread) and torch.distributed.pipelining GPipe / 1F1B on the same processes, side by side,
-medians of interleaved repeats, steady state only. The machinery is torchdecoupled/bench.py.
+medians of interleaved repeats, steady state only. The machinery is the package torchdecoupled/bench/ (also `torchdecoupled bench`).
 
     python benchmarks/speed.py --json                                  # ResNet-20, one JSON object
     python benchmarks/speed.py --model resnet20,resnet56 --steps 4 --doc docs/speed.md

@@ -37,6 +37,16 @@ def test_every_contender_runs_and_reports(tmp_path, capsys):
 
 def test_json_output_has_exactly_the_contenders(capsys, monkeypatch):
     fake = {"model": "m", "images_per_s": {c: 1.0 for c in bench.CONTENDERS}, "best": {}, "variants": {}, "cuts": {}}
-    monkeypatch.setattr(bench, "bench_model", lambda model, contenders, **kw: fake)
+    monkeypatch.setattr(bench.cli, "bench_model", lambda model, contenders, **kw: fake)  # run_cli looks it up there
     assert bench.main(["--json", "--quiet"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == set(bench.CONTENDERS)
+
+
+def test_torchdecoupled_bench_subcommand(capsys, monkeypatch):
+    from torchdecoupled import cli
+    fake = {"model": "m", "images_per_s": {c: 2.0 for c in bench.CONTENDERS}, "best": {}, "variants": {}, "cuts": {}}
+    monkeypatch.setattr(bench.cli, "bench_model", lambda model, contenders, **kw: fake)
+    assert cli.main(["bench", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out) == {c: 2.0 for c in bench.CONTENDERS}
+    assert cli.main(["bench", "--contenders", "fdg,nope", "--quiet"]) == 2
+    assert "unknown contender 'nope'" in capsys.readouterr().err

@@ -26,6 +26,9 @@ def test_train_writes_metrics_and_summary(tmp_path):
     assert summary["test_acc"] == records[-1]["test_acc"]
     assert len(summary["params_sha256"]) == 64
     assert len(summary["peak_stored_bytes"]) == 3
+    _, again = run_train(tmp_path, "b", "--method", "fdg", "--stages", "3",
+                         "--partition", ",".join(map(str, summary["boundaries"])))
+    assert again["params_sha256"] == summary["params_sha256"]  # the recorded cuts reproduce the run
     assert summary["test_acc"] > 0.5  # it learns something in two epochs
 
 

@@ -1,4 +1,4 @@
-"""The command line: ``torchdecoupled train | compare | schedule | plot | methods``."""
+"""The command line: ``torchdecoupled train | compare | schedule | plot | methods | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -114,6 +114,11 @@ def cmd_plot(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    from .bench import run_cli
+    return run_cli(a)
+
+
 def cmd_methods(a) -> int:
     for name in sorted(METHODS):
         m = get_method(name)
@@ -148,6 +153,10 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="runs.png", help="PNG file to write (default runs.png)")
     pl.set_defaults(fn=cmd_plot)
     sub.add_parser("methods", help="list the methods").set_defaults(fn=cmd_methods)
+    b = sub.add_parser("bench", help="speed: images/s of BP, FDG/ADL/DTRP (dist) and torch pipelining, side by side")
+    from .bench import add_arguments
+    add_arguments(b)
+    b.set_defaults(fn=cmd_bench)
     return p
 
 

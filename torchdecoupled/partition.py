@@ -20,6 +20,7 @@ cost, which moves layers towards the last stage and evens out the per-tick work.
 """
 from __future__ import annotations
 
+import itertools
 import numbers
 import operator
 import statistics
@@ -280,3 +281,8 @@ def _backward_all(layers, inputs, outputs, times) -> None:
         if times is not None:
             times[index].append(t1 - t0)
         grad = got[0] if got is not None and inp.requires_grad else None
+
+
+def cut_points(stage_modules) -> list[int]:
+    """The cut points of a split: ``--partition a,b,...`` reproduces it."""
+    return list(itertools.accumulate(len(m) for m in stage_modules))[:-1]

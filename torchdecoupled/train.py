@@ -6,17 +6,17 @@ evaluated after the pipeline drains (every batch's gradient applied at every sta
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
-
-import os
 
 from . import checkpoint
 from .build import Run, build_run, build_stage
 from .config import RunConfig
 from .engines.sim import evaluate, run_sim
 from .metrics import MetricsWriter, epoch_record, machine, params_sha256
+from .partition import cut_points
 from .schedule import Schedule
 from .transport import LocalTransport
 
@@ -35,6 +35,7 @@ def summarize(run: Run, records: list[dict], modules, peak_bytes: list[int], ela
         "stages": cfg.stages, "model": cfg.model, "dataset": cfg.dataset, "epochs": cfg.epochs, "seed": cfg.seed,
         "test_acc": last["test_acc"], "test_loss": last["test_loss"], "train_loss": last["train_loss"],
         "params_sha256": params_sha256(modules), "peak_stored_bytes": peak_bytes,
+        "boundaries": cut_points(run.modules),
         "delay": run.schedule.delays, "ticks": run.schedule.num_ticks, "time_s": round(elapsed, 3),
         "end_of_run": "drained", "config": cfg.__dict__, "machine": machine(), **extra,
     }

@@ -9,7 +9,6 @@ import os
 
 from ..metrics import MetricsWriter, epoch_record
 from ..timeline import plot_gantt, write_chrome_trace
-from .dist_worker import boundaries
 
 
 def _by_stage(items: list[dict], num_stages: int) -> list[list[dict]]:
@@ -58,7 +57,7 @@ def write_outputs(run, writer: MetricsWriter, records: list[dict], items: list[d
     summary = summarize(run, records, [_Params(reps[0]["params"]) for reps in stages],
                         [max(r["peak"] for r in reps) for reps in stages], elapsed,
                         replicas=cfg.replicas, world_size=cfg.stages * cfg.replicas, backend=backend,
-                        rank_layout="rank = stage * replicas + replica", boundaries=boundaries(run.modules),
+                        rank_layout="rank = stage * replicas + replica",
                         idle_fraction=[round(sum(r["trace"]["idle"] for r in reps) / len(reps), 4)
                                        for reps in stages])
     writer.summary(summary)

@@ -180,8 +180,9 @@ def main() -> None:
         "so a FLOP-balanced partition leaves stage 0 slower than the model predicts, and that error is larger "
         "than the recompute's. The measured-time variant follows the machine (on this CPU it balances "
         "ResNet-56 better), but `partition.layer_costs` times layers by the wall clock, so its cuts change "
-        "with the load at measurement time, and every process of a distributed run would measure on its own "
-        "(the dist engine builds the run in each process) and could cut differently; so the FLOP model, "
+        "with the load at measurement time (two runs of the same command may cut differently; a distributed "
+        "run measures once, on rank 0, and every process cuts there, see docs/distributed.md; `summary.json`'s "
+        "`boundaries` names the cuts, and `--partition a,b,...` repeats them). So the FLOP model, "
         "deterministic, is DTRP's default and `--partition time` is the option for a quiet machine.",
         "",
     ]

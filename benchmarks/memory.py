@@ -19,6 +19,7 @@ import torch
 from torchdecoupled.build import build_run, build_stage
 from torchdecoupled.config import RunConfig
 from torchdecoupled.engines.sim import run_sim
+from torchdecoupled.stage import saved_bytes
 from accuracy_recompute import source_state  # benchmarks/ is on sys.path when run as a script
 from torchdecoupled.metrics import machine
 
@@ -29,17 +30,9 @@ CONFIGS = [("fdg", "params"), ("dsp", "params"), ("dtrp", "params"), ("dtrp", No
 def live_graph_bytes(stage) -> int:
     """Bytes autograd saves for one forward of the stage on one of its stored inputs (+ the output)."""
     rec = next(iter(stage.inflight.values()))
-    skip = {p.untyped_storage().data_ptr() for p in stage.params}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
     x = rec.x.detach().requires_grad_(stage.sends_grad)
     buffers = {n: t.clone() for n, t in stage.module.named_buffers()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_bytes(stage.params) as saved:
         out = stage._call(x, None, buffers)
     saved.setdefault(out.untyped_storage().data_ptr(), out.untyped_storage().nbytes())
     return sum(saved.values())

@@ -11,6 +11,8 @@ from torchdecoupled.partition import split
 from torchdecoupled.schedule import Schedule
 from torchdecoupled.stage import Stage
 
+torch.set_num_threads(1)  # the library's default (one thread per stage); the suite shares a 2-core machine
+
 
 class TensorBatches:
     """Batch b is rows [b*bs, (b+1)*bs) of the data, cycling over epochs (no shuffle)."""
@@ -29,6 +31,21 @@ def tiny_data(n=48, features=6, classes=3, batch_size=8, seed=0, dtype=torch.flo
     x = torch.randn(n, features, generator=g, dtype=dtype)
     y = torch.randint(0, classes, (n,), generator=g)
     return TensorBatches(x, y, batch_size)
+
+
+def batch_id_data(n=40, bs=4, classes=5):
+    """Every row holds its batch id (6 features) and the labels cycle with it: a stage that sees the
+    wrong batch, or the wrong labels, shows it at once. Returns (batches, an identity network of 8
+    float64 Linear layers)."""
+    x = (torch.arange(n, dtype=torch.float64) // bs).view(n, 1).repeat(1, 6)
+    y = (torch.arange(n) // bs) % classes
+    batches = TensorBatches(x, y, bs)
+    model = nn.Sequential(*[nn.Linear(6, 6, dtype=torch.float64) for _ in range(8)])
+    with torch.no_grad():
+        for m in model:
+            m.weight.copy_(torch.eye(6))
+            m.bias.zero_()
+    return batches, model
 
 
 def tiny_model(seed=0, dtype=torch.float64, features=6, classes=3):

@@ -1,7 +1,6 @@
 """Tests for torchdecoupled.data: loaders (on fake files for CIFAR/MNIST), Batches, augmentation."""
 
 import gzip
-import os
 import pickle
 import random
 import struct
@@ -12,14 +11,6 @@ import torch
 
 from torchdecoupled.data import Batches, Dataset, eval_batches, load_dataset, random_crop_flip
 from torchdecoupled.data.cifar import _SPECS
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_digits_shapes_standardization_and_fixed_split():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_same_params, plain_loop, tiny_data, tiny_model
+from conftest import assert_same_params, batch_id_data, plain_loop, tiny_data, tiny_model
 from torchdecoupled.config import RunConfig
 from torchdecoupled.engines.sim import run_sim
 from torchdecoupled.heads import AuxHead, make_head
@@ -130,16 +130,8 @@ class RecordingHead(AuxHead):
 
 @pytest.mark.parametrize("K", [2, 3, 4])
 def test_each_head_gets_the_labels_and_input_of_its_batch(K):
-    n, bs, C = 40, 4, 5
-    x = (torch.arange(n, dtype=torch.float64) // bs).view(n, 1).repeat(1, 6)  # every row holds its batch id
-    y = (torch.arange(n) // bs) % C
-    batches = tiny_data()
-    batches.x, batches.y, batches.bs, batches.per_epoch = x, y, bs, n // bs
-    model = nn.Sequential(*[nn.Linear(6, 6, dtype=torch.float64) for _ in range(8)])
-    with torch.no_grad():
-        for m in model:
-            m.weight.copy_(torch.eye(6))
-            m.bias.zero_()
+    bs, C = 4, 5
+    batches, model = batch_id_data(bs=bs, classes=C)
     seen = [[] for _ in range(K - 1)]
     heads = [RecordingHead(seen[k]) for k in range(K - 1)]
     stages, schedule, _ = local_stages("local", K, model, batches, 10, heads=heads, lr=0.0, momentum=0.0)

@@ -11,15 +11,6 @@ SLOW_FORWARD = {"resnet1202", "wrn28_10", "wrn"}  # build only; "wrn" defaults t
 SMALL = {"wrn": {"depth": 10, "width": 1}, "resnet": {"depth": 8}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models run fastest on one thread; on a busy machine two threads can be 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def shape_for(name):
     return {"cnn1d": (1, 40), "cnn1d_bn": (1, 40), "cnn2d": (1, 8, 8)}.get(name, (3, 32, 32))
 

@@ -1,13 +1,12 @@
 """The simulator's oracles: degenerate cases equal BP bit for bit, delayed gradients equal the gradient
 of the stale computation, gradient shrinking compounds, labels stay aligned, tick order is irrelevant."""
 import copy
-import itertools
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import assert_same_params, make_stages, plain_loop, tiny_data, tiny_model, train_sim
+from conftest import assert_same_params, batch_id_data, make_stages, plain_loop, tiny_data, tiny_model, train_sim
 from torchdecoupled.engines.sim import run_sim
 from torchdecoupled.methods import METHODS
 
@@ -106,16 +105,8 @@ def test_stage_order_inside_a_tick_changes_nothing(name, K, opts):
 
 @pytest.mark.parametrize("name,K", [("fdg", 3), ("ddg", 3), ("adl", 4), ("bp", 2)])
 def test_loss_on_batch_b_uses_batch_b_labels(name, K):
-    n, bs, C = 40, 4, 5
-    x = (torch.arange(n, dtype=torch.float64) // bs).view(n, 1).repeat(1, 6)  # every row holds its batch id
-    y = (torch.arange(n) // bs) % C
-    batches = tiny_data()
-    batches.x, batches.y, batches.bs, batches.per_epoch = x, y, bs, n // bs
-    model = nn.Sequential(*[nn.Linear(6, 6, dtype=torch.float64) for _ in range(8)])
-    with torch.no_grad():
-        for m in model:
-            m.weight.copy_(torch.eye(6))
-            m.bias.zero_()
+    bs, C = 4, 5
+    batches, model = batch_id_data(bs=bs, classes=C)
     stages, schedule = make_stages(name, K, model, batches, 10, lr=0.0, momentum=0.0)
     seen = []
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_same_params, make_stages, plain_loop, tiny_data, tiny_model, train_sim
+from conftest import assert_same_params, plain_loop, tiny_data, tiny_model
 from torchdecoupled.config import RunConfig
 from torchdecoupled.engines.sim import run_sim
 from torchdecoupled.methods import get_method

@@ -29,6 +29,23 @@ from .methods import Method
 from .schedule import Schedule
 
 
+@contextlib.contextmanager
+def saved_bytes(skip):
+    """Count what autograd saves for backward inside the block: yields {storage address: bytes}, one entry
+    per distinct storage, the tensors in ``skip`` (the weights) left out."""
+    skip = {t.untyped_storage().data_ptr() for t in skip}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
+
+
 @dataclass
 class InFlight:
     version: int                        # updates made before the forward
@@ -137,16 +154,7 @@ class Stage:
         if self.sends_grad:
             x = x.detach().requires_grad_(True)
         weights = self._snapshot_params() if self.delayed else None
-        skip = {t.untyped_storage().data_ptr() for t in (weights or self.params)}
-        saved: dict[int, int] = {}
-
-        def pack(t):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in skip:
-                saved[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self._rng(b):
+        with saved_bytes(weights or self.params) as saved, self._rng(b):
             out = self._call(x, weights)
             root, send = out, out.detach()
             if self.is_last:

@@ -17,7 +17,6 @@ per-process results and writes the epoch record.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import signal
 import time
@@ -30,6 +29,7 @@ from ..build import build_run, build_stage
 from ..config import RunConfig
 from ..methods import get_method
 from ..metrics import MetricsWriter
+from ..partition import cut_points
 from ..timeline import Recorder
 from ..worker import Worker
 from .dist_layout import Layout, ReplicaBatches, collective, grad_averager, init_process_group
@@ -79,14 +79,9 @@ def agree_on_partition(cfg: RunConfig, layout: Layout):
     if spec != "time" or cfg.stages == 1:
         return cfg, None
     run = build_run(cfg) if layout.rank == 0 else None
-    box = [boundaries(run.modules) if run is not None else None]
+    box = [cut_points(run.modules) if run is not None else None]
     collective("agreeing on the measured partition", dist.broadcast_object_list, box, src=0)
     return dataclasses.replace(cfg, partition=",".join(map(str, box[0]))), run
-
-
-def boundaries(modules) -> list[int]:
-    """The cut points of a split (``--partition a,b,...`` reproduces it)."""
-    return list(itertools.accumulate(len(m) for m in modules))[:-1]
 
 
 class StageProcess:

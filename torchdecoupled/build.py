@@ -85,18 +85,10 @@ def build_stage(run: Run, k: int, device: torch.device | str = "cpu") -> Stage:
     cfg, method = run.config, run.method
     module = run.modules[k].to(device)
     head = None
-    if method.family == "local" and k < cfg.stages - 1:
-        from .heads import make_head
-        torch.manual_seed(cfg.seed * 1000 + k)
-        x = run.batches.get(0)[0][:2].to(device)
-        with torch.no_grad():
-            for m in run.modules[:k + 1]:
-                was = m.training
-                x = m.to(device).eval()(x)
-                m.train(was)
-        head = make_head(method.head, tuple(x.shape[1:]), run.dataset.num_classes,
-                         tuple(run.dataset.in_shape), stage=k, num_stages=cfg.stages)
-        head = head.to(device=device, dtype=getattr(torch, cfg.dtype))
+    if method.family == "local" and k < cfg.stages - 1:  # sized by batch 0; shared with the Python API
+        from .heads import stage_head
+        head = stage_head(method.head, run.modules, k, run.batches.get(0)[0], run.dataset.num_classes,
+                          seed=cfg.seed)
     params = list(module.parameters()) + (list(head.parameters()) if head is not None else [])
     opt = make_optimizer(cfg, params)
     predictor = None

@@ -29,19 +29,26 @@ Heads never modify h in place; gradients reach h and the head's parameters and n
 Construction uses the global RNG (deterministic under torch.manual_seed) unless ``seed`` is given,
 in which case it draws from its own forked RNG and leaves the global one untouched. Heads are built
 in the default dtype; ``head.to(torch.float64)`` for double features.
+
+A pipeline's heads (the CLI's ``build_stage`` and ``Pipeline`` share this): ``stage_head(head, modules, k,
+sample, num_classes, seed)`` sizes stage k's head by a forward of ``sample[:2]`` through ``modules[:k+1]``
+and builds it from a name, or from a factory called once per stage (a head is never shared by stages):
+
+    def factory(stage_index, feature_shape, num_classes, input_shape) -> AuxHead: ...
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 from torchdecoupled.heads.base import AuxHead, check_shape
 from torchdecoupled.heads.classify import ClassifierHead, DGLHead, LinearHead
 from torchdecoupled.heads.infopro import InfoProHead, infopro_lambdas, supcon_loss
 
-__all__ = ["AuxHead", "HEADS", "make_head", "ClassifierHead", "LinearHead", "DGLHead",
-           "InfoProHead", "infopro_lambdas", "supcon_loss"]
+__all__ = ["AuxHead", "HEADS", "HeadFactory", "make_head", "stage_head", "check_factory", "ClassifierHead",
+           "LinearHead", "DGLHead", "InfoProHead", "infopro_lambdas", "supcon_loss"]
 
 
 def _linear(feature_shape, num_classes, input_shape, stage=0, num_stages=2, **kwargs) -> AuxHead:
@@ -57,6 +64,10 @@ def _infopro(feature_shape, num_classes, input_shape, **kwargs) -> AuxHead:
 
 
 HEADS: dict[str, Callable[..., AuxHead]] = {"linear": _linear, "dgl": _dgl, "infopro": _infopro}
+
+# A pipeline's per-stage head factory: (stage_index, feature_shape, num_classes, input_shape) -> AuxHead
+HeadFactory = Callable[[int, tuple, int, tuple], AuxHead]
+FACTORY_FIX = "pass head=lambda k, feature_shape, num_classes, input_shape: MyHead(...), which builds one per stage"
 
 
 def make_head(name: str | AuxHead, feature_shape: tuple[int, ...], num_classes: int,
@@ -89,3 +100,48 @@ def make_head(name: str | AuxHead, feature_shape: tuple[int, ...], num_classes: 
         torch.manual_seed(seed)
         return HEADS[name](feature_shape, num_classes, input_shape, stage=stage,
                            num_stages=num_stages, **kwargs)
+
+
+def check_factory(head) -> HeadFactory:
+    """Refuse what cannot build one head per stage: an AuxHead instance (it would be shared) or a non-callable."""
+    if isinstance(head, nn.Module):
+        raise ValueError(f"head={type(head).__name__}(...) is one module, but every stage 0..K-2 needs a head "
+                         f"of its own: {FACTORY_FIX}")
+    if not callable(head):
+        raise TypeError(f"head must be a name ({', '.join(sorted(HEADS))}) or a factory (got "
+                        f"{type(head).__name__}): {FACTORY_FIX}")
+    return head
+
+
+def stage_head(head: str | HeadFactory, modules: Sequence[nn.Module], k: int, sample: torch.Tensor,
+               num_classes: int, seed: int = 0) -> AuxHead:
+    """The auxiliary head of stage k of the pipeline ``modules``, on the device and dtype of stage k's output.
+
+    feature_shape comes from a forward of ``sample[:2]`` (network inputs) through modules[:k+1] in eval mode
+    without gradients (BatchNorm statistics do not move; each module's mode is restored). head is a name in
+    HEADS (``make_head``) or a factory ``(k, feature_shape, num_classes, input_shape) -> AuxHead``.
+    Construction draws from a private RNG seeded with ``seed * 1000 + k``: the global RNG is untouched.
+    """
+    x0 = sample[:2]
+    x = x0
+    with torch.no_grad():
+        for m in modules[:k + 1]:
+            p = next(m.parameters(), None)
+            x = x if p is None else x.to(p.device)
+            modes = [(mod, mod.training) for mod in m.modules()]
+            try:
+                x = m.eval()(x)
+            finally:
+                for mod, mode in modes:
+                    mod.training = mode
+    feature_shape, input_shape = tuple(x.shape[1:]), tuple(x0.shape[1:])
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed * 1000 + k)
+        if isinstance(head, str):
+            h = make_head(head, feature_shape, num_classes, input_shape, stage=k, num_stages=len(modules))
+        else:
+            h = check_factory(head)(k, feature_shape, num_classes, input_shape)
+    if not isinstance(h, AuxHead):
+        raise TypeError(f"the head factory returned {type(h).__name__} for stage {k}; it must return a "
+                        f"torchdecoupled.heads.AuxHead (subclass it and implement loss(h, y, x0))")
+    return h.to(device=x.device, dtype=x.dtype) if x.is_floating_point() else h.to(x.device)

@@ -91,3 +91,25 @@ def test_a_measured_partition_is_the_same_in_every_process():
     assert len(cuts) == 2 and 0 < cuts[0] < cuts[1] < 4
     again = sim_summary(tiny_cfg("fdg", 3, partition=",".join(map(str, cuts)), epochs=1))
     assert summary["params_sha256"] == again["params_sha256"]
+
+
+@pytest.mark.parametrize("name,K,D", [("ddg", 3, 1), ("fdg", 2, 2)])
+def test_an_evaluation_of_several_chunks_equals_the_simulators(tmp_path, name, K, D):
+    """A test set of 3 chunks (2,500 images, chunks of 1,000) crosses every boundary as several messages
+    in a row, more than the transport keeps in flight."""
+    import pickle
+
+    import numpy as np
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for fname, n in [(f"data_batch_{i}", 16) for i in range(1, 6)] + [("test_batch", 2500)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist()}
+        (folder / fname).write_bytes(pickle.dumps(batch))
+    cfg = tiny_cfg(name, K, dataset="cifar10", data_root=str(tmp_path), batch_size=16, dtype="float32",
+                   model_opts={"hidden": (16, 16, 16)}, replicas=D)
+    got, want = train_dist(cfg), sim_summary(cfg)
+    assert got["test_loss"] == pytest.approx(want["test_loss"], rel=1e-6 if D > 1 else 0)
+    if D == 1:
+        assert got["params_sha256"] == want["params_sha256"]

@@ -3,7 +3,6 @@ the benchmarks, these tests keep the claims true in CI."""
 import os
 import sys
 
-
 from torchdecoupled.config import RunConfig
 from torchdecoupled.train import train
 

@@ -1,27 +1,42 @@
-"""Checkpoints that resume exactly, in the middle of a streaming pipeline.
+"""Checkpoints that resume exactly, in the middle of a streaming pipeline, in either engine.
 
 At an epoch boundary a decoupled pipeline is not empty: stage k still holds up to 2(K-1-k)+1 batches in
 flight and messages wait in the mailboxes. A checkpoint stores, per stage, the weights and buffers, the
 optimizer and scheduler state, the update counter, and for every in-flight batch its stage input, the
 weight version and (stash) the weight snapshot its forward used, and the gradients summed so far in an
-unfinished accumulation window (ADL); plus the undelivered messages and the
-metrics so far. On resume the stashed graphs are rebuilt by running the forward again on the saved
-input with the saved snapshot, on copies of the BatchNorm buffers and with the batch's own dropout
-generator: in train mode that forward gives the same output bits, so the run continues bit for bit.
+unfinished accumulation window (ADL); plus the undelivered messages and the metrics so far. On resume
+the stashed graphs are rebuilt by running the forward again on the saved input with the saved snapshot,
+on copies of the BatchNorm buffers and with the batch's own dropout generator: in train mode that forward
+gives the same output bits, so the run continues bit for bit.
+
+One file, the same for both engines: ``replicas[r]`` holds replica r's pipeline, ``{"stages": [state of
+stage k], "messages": {key: tensor}}``; the simulator writes one replica, the distributed engine D
+(``engines/dist_checkpoint.py``). So a checkpoint of a simulator run resumes under ``--engine dist`` and
+the other way round (D = 1). A checkpoint resumes only the run that wrote it: ``check_config`` refuses
+another method, model, seed, batch size ... with the values and the fix.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
+from torch.utils._pytree import tree_map
 
+from .methods import get_method
+from .partition import cut_points
 from .stage import InFlight, Stage
 from .transport import LocalTransport
 
-FORMAT = 1
+FORMAT = 2
+FILE = "checkpoint.pt"
+# what the saved computation depends on; the partition is compared as cut points (check_boundaries)
+MUST_MATCH = ("method", "stages", "replicas", "dataset", "model", "model_opts", "batch_size", "optimizer",
+              "lr", "momentum", "weight_decay", "lr_schedule", "milestones", "seed", "dtype")
 
 
-def _stage_state(s: Stage) -> dict:
+# ---- one stage ------------------------------------------------------------------------------------
+def stage_state(s: Stage) -> dict:
     snaps: dict[int, list[torch.Tensor]] = {}
     records = {}
     for b, r in s.inflight.items():
@@ -37,16 +52,9 @@ def _stage_state(s: Stage) -> dict:
         "num_updates": s.num_updates, "sched_steps": s._sched_steps, "last_backward": s._last_backward,
         "peak_bytes": s.telemetry.peak_bytes, "inflight": records, "snapshots": snaps,
         "grads": [None if p.grad is None else p.grad.detach().clone() for p in s.params + s.head_params],
+        # telemetry of batches whose epoch is not reported yet: the next epoch record comes out the same
+        "staleness": list(s.telemetry.staleness), "losses": list(s.telemetry.losses),
     }
-
-
-def save(path: str, stages: list[Stage], transport: LocalTransport, tick: int, records: list[dict],
-         config: dict) -> None:
-    state = {"format": FORMAT, "tick": tick, "records": records, "config": config,
-             "stages": [_stage_state(s) for s in stages], "messages": dict(transport.box)}
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint
 
 
 def _rebuild(s: Stage, b: int, rec: dict, snaps: dict) -> InFlight:
@@ -62,32 +70,155 @@ def _rebuild(s: Stage, b: int, rec: dict, snaps: dict) -> InFlight:
     return InFlight(rec["version"], x, root, weights, rec["nbytes"])
 
 
-def load(path: str, stages: list[Stage], transport: LocalTransport) -> tuple[int, list[dict]]:
-    """Restore stages and mailboxes; returns (the tick the checkpoint was taken after, metrics so far)."""
+def restore_stage(s: Stage, st: dict) -> None:
+    s.module.load_state_dict(st["module"])
+    s.optimizer.load_state_dict(st["optimizer"])
+    if s.scheduler is not None and st["scheduler"] is not None:
+        s.scheduler.load_state_dict(st["scheduler"])
+    if s.head is not None and st["head"] is not None:
+        s.head.load_state_dict(st["head"])
+    if st.get("predictor") is not None:
+        s.predictor.load_state_dict(st["predictor"])
+    s.num_updates, s._sched_steps, s._last_backward = st["num_updates"], st["sched_steps"], st["last_backward"]
+    for p, g in zip(s.params + s.head_params, st["grads"]):  # ADL's partly accumulated window
+        p.grad = g
+    snaps = {v: [p.requires_grad_(True) for p in ps] for v, ps in st["snapshots"].items()}
+    if snaps:
+        v = max(snaps)
+        s._snapshot = (v, snaps[v])
+    s.inflight = {b: _rebuild(s, b, rec, snaps) for b, rec in sorted(st["inflight"].items())}
+    t = s.telemetry
+    t.peak_bytes, t.epoch_peak_bytes = st["peak_bytes"], s.stored_bytes  # as Stage.collect left it
+    t.staleness, t.losses = list(st.get("staleness", [])), list(st.get("losses", []))
+
+
+# ---- the file -------------------------------------------------------------------------------------
+def make(tick: int, records: list[dict], config: dict, replicas: list[dict], boundaries=None,
+         batches_per_epoch: int | None = None) -> dict:
+    """The checkpoint of the state after ``tick``; ``replicas[r] = {"stages": [...], "messages": {...}}``."""
+    return {"format": FORMAT, "tick": tick, "records": records, "config": dict(config),
+            "boundaries": None if boundaries is None else list(boundaries),
+            "batches_per_epoch": batches_per_epoch, "replicas": replicas}
+
+
+def write(path: str, state: dict) -> None:
+    """Atomically: a crash (or a kill) while writing leaves the previous checkpoint as it was."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(path: str, stages: list[Stage], transport: LocalTransport, tick: int, records: list[dict],
+         config: dict, boundaries=None, batches_per_epoch: int | None = None) -> None:
+    """The simulator's checkpoint: every stage, and the mailbox, after ``tick``."""
+    part = {"stages": [stage_state(s) for s in stages], "messages": dict(transport.box)}
+    write(path, make(tick, records, config, [part], boundaries, batches_per_epoch))
+
+
+def read(path: str, map_location=None) -> dict:
+    """The checkpoint at ``path``, memory-mapped (a process touches only the parts it restores)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}: pass the run directory of a run started with "
-                                f"--checkpoint (it holds checkpoint.pt)")
-    state = torch.load(path, weights_only=False)
-    if state.get("format") != FORMAT or len(state["stages"]) != len(stages):
-        raise ValueError(f"checkpoint {path!r} has {len(state['stages'])} stages (format {state.get('format')}); "
-                         f"this run has {len(stages)}: resume with the same --stages and method")
-    for s, st in zip(stages, state["stages"]):
-        s.module.load_state_dict(st["module"])
-        s.optimizer.load_state_dict(st["optimizer"])
-        if s.scheduler is not None and st["scheduler"] is not None:
-            s.scheduler.load_state_dict(st["scheduler"])
-        if s.head is not None and st["head"] is not None:
-            s.head.load_state_dict(st["head"])
-        if st.get("predictor") is not None:
-            s.predictor.load_state_dict(st["predictor"])
-        s.num_updates, s._sched_steps, s._last_backward = st["num_updates"], st["sched_steps"], st["last_backward"]
-        s.telemetry.peak_bytes = st["peak_bytes"]
-        for p, g in zip(s.params + s.head_params, st["grads"]):  # ADL's partly accumulated window
-            p.grad = g
-        snaps = {v: [p.requires_grad_(True) for p in ps] for v, ps in st["snapshots"].items()}
-        if snaps:
-            v = max(snaps)
-            s._snapshot = (v, snaps[v])
-        s.inflight = {b: _rebuild(s, b, rec, snaps) for b, rec in sorted(st["inflight"].items())}
-    transport.box = dict(state["messages"])
-    return state["tick"], state["records"]
+                                f"--checkpoint (it holds {FILE})")
+    state = torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+    if state.get("format") == 1:  # one pipeline, no cut points
+        state["replicas"] = [{"stages": state.pop("stages"), "messages": state.pop("messages")}]
+    elif state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path!r} has format {state.get('format')!r}; this version reads formats 1 "
+                         f"and {FORMAT}")
+    return state
+
+
+def copied(obj):
+    """``obj`` with every tensor copied out of the memory-mapped file."""
+    return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, obj)
+
+
+def restore(state: dict, stages: list[Stage], transport: LocalTransport) -> tuple[int, list[dict]]:
+    """Restore the simulator's stages and mailbox; returns (the tick it was taken after, metrics so far)."""
+    if len(state["replicas"]) != 1 or len(state["replicas"][0]["stages"]) != len(stages):
+        have = f"{len(state['replicas'][0]['stages'])} stages x {len(state['replicas'])} replicas"
+        raise ValueError(f"the checkpoint holds {have}; this run has {len(stages)} stages x 1 replica: resume "
+                         f"with the same --stages (and --engine dist --replicas for several replicas)")
+    p = copied(state["replicas"][0])
+    for s, st in zip(stages, p["stages"]):
+        restore_stage(s, st)
+    transport.box = dict(p["messages"])
+    return state["tick"], list(state["records"])
+
+
+def load(path: str, stages: list[Stage], transport: LocalTransport) -> tuple[int, list[dict]]:
+    """``restore(read(path), ...)``."""
+    return restore(read(path), stages, transport)
+
+
+# ---- does this checkpoint belong to this run? ------------------------------------------------------
+def check_config(state: dict, cfg, path: str):
+    """Refuse a checkpoint written by a different run (a ValueError naming the values and the fix);
+    return ``cfg``, with a measured partition (``time``) pinned to the checkpoint's cut points.
+
+    ``--epochs`` may change (grow, or shrink) when nothing already run depends on it: the learning-rate
+    schedule is not cosine (which anneals over the epochs), and no stage had reached the last batch of
+    either run by the checkpoint's tick (a schedule's ticks up to t involve batches <= t only, and differ
+    between two batch counts N only in whether b < N and b == N - 1)."""
+    old = state.get("config") or {}
+    if not old:  # written by hand (tests): nothing to compare
+        return cfg
+    there = {n: old.get(n) for n in MUST_MATCH}
+    here = {n: getattr(cfg, n) for n in MUST_MATCH}
+    there["method"] = get_method(old["method"], **old.get("method_opts", {})).describe()
+    here["method"] = get_method(cfg.method, **cfg.method_opts).describe()
+    if there["milestones"] is not None:
+        there["milestones"] = tuple(there["milestones"])
+    bad = [n for n in MUST_MATCH if there[n] != here[n]]
+    if bad:
+        diff = ", ".join(f"{n} {there[n]!r} there but {here[n]!r} here" for n in bad)
+        fix = " ".join(_flag(n, old) for n in bad)
+        raise ValueError(f"checkpoint {path!r} was written by another run ({diff}): resume with the settings it "
+                         f"was written with ({fix}), or start afresh without --resume")
+    _check_epochs(state, old["epochs"], cfg, path)
+    if cfg.partition == "time" and state.get("boundaries"):  # measured: every measurement cuts elsewhere
+        cfg = dataclasses.replace(cfg, partition=",".join(map(str, state["boundaries"])))
+    return cfg
+
+
+def _check_epochs(state: dict, old: int, cfg, path: str) -> None:
+    per_epoch, tick = state.get("batches_per_epoch"), state["tick"]
+    if old == cfg.epochs or per_epoch is None:
+        return
+    need = (tick + 1) // per_epoch + 1  # epochs whose batches are not all forwarded at stage 0 by the tick
+    why = None
+    if cfg.lr_schedule == "cosine":
+        why = "the cosine learning-rate schedule anneals over the epochs of the run"
+    elif min(old, cfg.epochs) < need:
+        why = f"by tick {tick} the pipeline had reached the last batch of a {min(old, cfg.epochs)}-epoch run"
+    if why:
+        fix = f"{old}" if cfg.lr_schedule == "cosine" or old < need else f"{need} or more"
+        raise ValueError(f"checkpoint {path!r} was written by a {old}-epoch run and this run has --epochs "
+                         f"{cfg.epochs}, but {why}: resume with --epochs {fix}")
+
+
+def check_boundaries(state: dict, modules, path: str, partition: str | None = None) -> None:
+    """The stages must be cut where the checkpoint's were (their state dicts must fit)."""
+    want, got = state.get("boundaries"), cut_points(modules)
+    if want is not None and list(want) != got:
+        raise ValueError(f"checkpoint {path!r} cut the model at {list(want)} but this run cuts it at {got} "
+                         f"(--partition {partition}): resume with --partition {','.join(map(str, want))}")
+
+
+def _flag(name: str, config: dict) -> str:
+    if name == "method":
+        opts = "".join(f" --{'warmup' if k == 'warmup_epochs' else k} {v}"
+                       for k, v in config.get("method_opts", {}).items())
+        return f"--method {config['method']}{opts}"
+    value = config[name]
+    if isinstance(value, dict):
+        return f"{name}={value!r}"
+    if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))
+    if name == "replicas" and value > 1:
+        return f"--engine dist --replicas {value}"
+    return f"--{name.replace('_', '-')} {value}"

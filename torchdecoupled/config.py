@@ -49,8 +49,8 @@ class RunConfig:
     trace: bool = True                 # dist engine: record the timeline (Chrome trace + Gantt PNG)
     out: str | None = None
     progress: bool = True
-    checkpoint: bool = False           # save out/checkpoint.pt after every epoch (simulator)
-    resume: str | None = None          # run directory whose checkpoint.pt to continue from
+    checkpoint: bool = False           # save out/checkpoint.pt after every epoch but the last
+    resume: str | None = None          # run directory whose checkpoint.pt to continue from (either engine)
     threads: int | None = None
 
     def resolved(self) -> "RunConfig":
@@ -87,8 +87,6 @@ class RunConfig:
             raise ValueError(f"--timeout must be > 0 seconds, got {c.timeout}")
         if c.checkpoint and not c.out:
             raise ValueError("--checkpoint needs --out DIR (the checkpoint is DIR/checkpoint.pt)")
-        if (c.checkpoint or c.resume) and c.engine != "sim":
-            raise ValueError("--checkpoint/--resume work with --engine sim for now")
         c.milestones = tuple(int(m) for m in c.milestones)
         return c
 

@@ -55,14 +55,21 @@ def train(cfg: RunConfig) -> dict:
         from .engines.dist import train_dist
         return train_dist(cfg)
     torch.set_num_threads(cfg.threads or 1)  # one thread per stage worker: deterministic, as in dist
+    state, path = None, None
+    if cfg.resume:
+        path = os.path.join(cfg.resume, checkpoint.FILE)
+        state = checkpoint.read(path, map_location=cfg.device)
+        cfg = checkpoint.check_config(state, cfg, path)
     run = build_run(cfg)
     stages = [build_stage(run, k, cfg.device) for k in range(cfg.stages)]
     dtype = getattr(torch, cfg.dtype)
     test_x, test_y = run.dataset.test_x.to(dtype), run.dataset.test_y
     transport, first_tick, records = LocalTransport(), 0, []
-    if cfg.resume:
-        last, records = checkpoint.load(os.path.join(cfg.resume, "checkpoint.pt"), stages, transport)
+    if state is not None:
+        checkpoint.check_boundaries(state, run.modules, path, cfg.partition)
+        last, records = checkpoint.restore(state, stages, transport)
         first_tick = last + 1
+        del state
     writer = MetricsWriter(cfg.out, records)
     evals = eval_ticks(run.schedule, run.batches.per_epoch, cfg.epochs)
     bar = progress_bar(run.schedule.num_ticks - first_tick, cfg.progress, f"{cfg.method} K={cfg.stages}")
@@ -78,7 +85,8 @@ def train(cfg: RunConfig) -> dict:
         records.append(rec)
         writer.epoch(rec)
         if cfg.checkpoint and t < run.schedule.num_ticks - 1:
-            checkpoint.save(os.path.join(cfg.out, "checkpoint.pt"), stages, transport, t, records, cfg.__dict__)
+            checkpoint.save(os.path.join(cfg.out, checkpoint.FILE), stages, transport, t, records, cfg.__dict__,
+                            cut_points(run.modules), run.batches.per_epoch)
         if bar is not None:
             bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.3f}", test_acc=f"{rec['test_acc']:.3f}")
 

@@ -11,7 +11,8 @@ for bit (CPU, one thread per process, D = 1); see docs/distributed.md.
 - under ``torchrun`` (RANK and WORLD_SIZE in the environment) the calling process is one rank: it joins
   the process group from the environment (or ``cfg.init_method``) and runs its part; WORLD_SIZE must be
   K x D;
-- rank 0 writes metrics.jsonl, summary.json, timeline.json and timeline.png (``dist_outputs``).
+- rank 0 writes metrics.jsonl, summary.json, timeline.json and timeline.png (``dist_outputs``), and with
+  ``--checkpoint`` the simulator's checkpoint file (``dist_checkpoint``; either engine resumes it).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import socket
 import sys
 from urllib.parse import urlparse
 
+from .. import checkpoint
 from ..config import RunConfig
 from .dist_launch import DistributedError, launch
 from .dist_layout import Layout
@@ -44,6 +46,9 @@ def train_dist(cfg: RunConfig, *, return_state: bool = False):
     replica 0), in stage order. Under torchrun, ranks other than 0 return None (or (None, None))."""
     cfg = cfg.resolved()
     backend = check_backend(cfg)
+    if cfg.resume:  # a checkpoint of another run fails here, in one line, before any process starts
+        path = os.path.join(cfg.resume, checkpoint.FILE)
+        cfg = checkpoint.check_config(checkpoint.read(path, map_location="cpu"), cfg, path)
     world = cfg.stages * cfg.replicas
     fault = Fault.parse(os.environ.get(FAULT_ENV))
     env = _torchrun_env()

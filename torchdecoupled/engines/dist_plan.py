@@ -6,6 +6,8 @@ sends up. Shapes are agreed before any tensor travels: stage k's output has shap
 ``(n, *feature_shape[k])`` where n is the replica's slice of the batch (or the test chunk), found once by
 a one-sample forward of the whole model; a gradient has the shape of the activation it answers.
 So a receiver can post its receives early, into buffers of the right size, with no header message.
+A run resumed from a checkpoint taken after tick t plans from tick ``start = t + 1``: what was sent up
+to tick t and not yet used travels in the checkpoint (``engines/dist_checkpoint.py``).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ def feature_shapes(modules, sample: torch.Tensor) -> list[tuple[tuple[int, ...],
 
 class MessagePlan:
     def __init__(self, schedule: Schedule, evals: dict[int, int], features, batches, replica: int,
-                 replicas: int, test_size: int, eval_batch: int):
-        self.schedule, self.evals, self.features = schedule, evals, features
+                 replicas: int, test_size: int, eval_batch: int, start: int = 0):
+        self.schedule, self.evals, self.features, self.start = schedule, evals, features, start
         self.replica, self.replicas = replica, replicas
         self.n, self.bs, self.per_epoch = len(batches.x), batches.batch_size, batches.per_epoch
         self.chunks = [min(eval_batch, test_size - lo) for lo in range(0, test_size, eval_batch)]
@@ -51,16 +53,20 @@ class MessagePlan:
         return q + (1 if self.replica < rem else 0)
 
     def between(self, src: int, dst: int) -> Iterator[Key]:
-        """Every message src sends to dst, in the order it sends them."""
+        """Every message src sends to dst from tick ``start`` on, in the order it sends them."""
+        return (key for _, key in self.sent(src, dst))
+
+    def sent(self, src: int, dst: int) -> Iterator[tuple[int, Key]]:
+        """``between`` with the tick each message is sent in."""
         s = self.schedule
-        for t in range(s.num_ticks):
+        for t in range(self.start, s.num_ticks):
             for a in s.actions(t, src):
                 for key in messages_sent(s, a):
                     if key[2] == dst:
-                        yield key
+                        yield t, key
             if t in self.evals and self.replica == 0 and dst == src + 1:
                 for i in range(len(self.chunks)):
-                    yield ("eval", src, dst, self.evals[t] * len(self.chunks) + i)
+                    yield t, ("eval", src, dst, self.evals[t] * len(self.chunks) + i)
 
     def shape(self, key: Key) -> tuple[tuple[int, ...], torch.dtype]:
         kind, src, dst, b = key

@@ -17,6 +17,9 @@ Overlap with compute, all in the calling thread (no GIL hand-offs, no polling):
 - sending: ``isend`` returns at once; the Work objects (and tensors) of the last ``MAX_OUTSTANDING``
   messages are kept and the oldest is waited only when the list is full, and all of them at ``close``.
 
+Checkpoints (``dist_checkpoint``): ``unconsumed(t)`` receives every message sent up to tick t and not
+used yet; a resumed run starts with those as ``received`` and plans the rest from tick t + 1.
+
 Failures: a neighbour that dies is reported by the backend at once (``PeerError``); one that is alive
 but silent makes the wait fail after ``timeout`` seconds (``PeerTimeout``).
 """
@@ -50,42 +53,72 @@ class PeerTimeout(PeerError, TimeoutError):
     """A neighbouring stage process is alive but sent nothing for ``timeout`` seconds."""
 
 
+class _Posted:
+    """One message on its way in: ``work`` is its pending receive (None once received)."""
+    __slots__ = ("key", "tick", "buf", "work")
+
+    def __init__(self, key: Key, tick: int, buf: torch.Tensor, work):
+        self.key, self.tick, self.buf, self.work = key, tick, buf, work
+
+
 class _Inbox:
     """The receives posted ahead on one channel, in the channel's agreed order."""
 
-    def __init__(self, plan: MessagePlan, src: int, dst: int, peer: int, device: torch.device, prefetch: int):
+    def __init__(self, plan: MessagePlan, src: int, dst: int, peer: int, device: torch.device, prefetch: int,
+                 received: dict[Key, torch.Tensor]):
         self.plan, self.peer, self.device, self.prefetch = plan, peer, device, prefetch
-        self.expected = plan.between(src, dst)
-        self.posted: collections.deque = collections.deque()
+        self.expected = plan.sent(src, dst)  # (tick, key) from tick plan.start on
+        self.ahead = next(self.expected, None)
+        # restored from a checkpoint: sent before plan.start, not used yet
+        self.posted: collections.deque = collections.deque(
+            _Posted(key, plan.start - 1, buf.to(device), None) for key, buf in received.items())
         self.fill()
+
+    def _post_next(self) -> bool:
+        if self.ahead is None:
+            return False
+        tick, key = self.ahead
+        self.ahead = next(self.expected, None)
+        shape, dtype = self.plan.shape(key)
+        buf = torch.empty(shape, dtype=dtype, device=self.device)
+        self.posted.append(_Posted(key, tick, buf, dist.irecv(buf, self.peer) if buf.numel() else None))
+        return True
 
     def fill(self, until: Key | None = None) -> None:
         """Keep ``prefetch`` receives posted (more if ``until`` is not posted yet)."""
-        while len(self.posted) < self.prefetch or (until is not None and all(k != until for k, _, _ in self.posted)):
-            key = next(self.expected, None)
-            if key is None:
+        while len(self.posted) < self.prefetch or (until is not None and all(p.key != until for p in self.posted)):
+            if not self._post_next():
                 return
-            shape, dtype = self.plan.shape(key)
-            buf = torch.empty(shape, dtype=dtype, device=self.device)
-            self.posted.append((key, buf, dist.irecv(buf, self.peer) if buf.numel() else None))
 
-    def take(self, key: Key):
+    def take(self, key: Key) -> _Posted | None:
         """The posted receive of ``key``: messages are consumed in another order than they travel (an
         activation sent in tick t is used in tick t + 1, after the evaluation that follows tick t)."""
-        for i, item in enumerate(self.posted):
-            if item[0] == key:
+        for i, p in enumerate(self.posted):
+            if p.key == key:
                 del self.posted[i]
-                return item
+                return p
         self.fill(until=key)
-        if not self.posted or self.posted[-1][0] != key:
+        if not self.posted or self.posted[-1].key != key:
             return None
         return self.posted.pop()
+
+    def sent_until(self, tick: int) -> list[_Posted]:
+        """Post the receives of every message sent up to ``tick``; returns those not taken yet."""
+        while self.ahead is not None and self.ahead[0] <= tick:
+            self._post_next()
+        return [p for p in self.posted if p.tick <= tick]
+
+    def left(self) -> list[Key]:
+        """Every message of the plan not taken yet."""
+        ahead = [self.ahead[1]] if self.ahead is not None else []
+        return [p.key for p in self.posted] + ahead + [key for _, key in self.expected]
 
 
 class DistTransport:
     def __init__(self, plan: MessagePlan, stage: int, replica: int, num_stages: int, replicas: int, *,
                  timeout: float, device: torch.device | str = "cpu",
-                 on_wait: Callable[[str, int, int], None] | None = None):
+                 on_wait: Callable[[str, int, int], None] | None = None,
+                 received: dict[Key, torch.Tensor] | None = None):
         self.plan, self.stage, self.replica, self.replicas = plan, stage, replica, replicas
         self.timeout, self.device = timedelta(seconds=timeout), torch.device(device)
         self.on_wait = on_wait  # on_wait(what, start_ns, end_ns): time this process spent blocked
@@ -94,7 +127,9 @@ class DistTransport:
         # would hold back this rank's sends behind it, so there receives are posted when needed.
         prefetch = 0 if self.device.type == "cuda" else PREFETCH
         neighbours = [s for s in (stage - 1, stage + 1) if 0 <= s < num_stages]
-        self.inbox = {s: _Inbox(plan, s, stage, self.rank_of(s), self.device, prefetch) for s in neighbours}
+        received = received or {}
+        self.inbox = {s: _Inbox(plan, s, stage, self.rank_of(s), self.device, prefetch,
+                                {key: t for key, t in received.items() if key[1] == s}) for s in neighbours}
 
     def rank_of(self, stage: int) -> int:
         return stage * self.replicas + self.replica
@@ -139,14 +174,26 @@ class DistTransport:
     def recv(self, key: Key) -> torch.Tensor:
         src = key[1]
         box = self.inbox[src]
-        item = box.take(key)
-        if item is None:
+        p = box.take(key)
+        if p is None:
             raise RuntimeError(f"stage {self.stage} asked for {key}, which stage {src} never sends")
-        _, buf, work = item
-        if work is not None:
-            self._wait(work, f"wait {_what(key)}", f"waiting for {_what(key)} from", src)
+        if p.work is not None:
+            self._wait(p.work, f"wait {_what(key)}", f"waiting for {_what(key)} from", src)
         box.fill()
-        return buf
+        return p.buf
+
+    def unconsumed(self, tick: int) -> dict[Key, torch.Tensor]:
+        """Every message sent to this stage up to ``tick`` and not used yet, received now, for a checkpoint
+        after tick t: each was sent in tick t or before, so no wait here depends on what a peer does next.
+        They stay where ``recv`` finds them."""
+        out = {}
+        for src, box in self.inbox.items():
+            for p in box.sent_until(tick):
+                if p.work is not None:
+                    self._wait(p.work, f"wait {_what(p.key)}", f"waiting for {_what(p.key)} from", src)
+                    p.work = None
+                out[p.key] = p.buf
+        return out
 
     def _wait(self, work, label: str, doing: str, peer: int) -> None:
         t0 = time.perf_counter_ns()
@@ -165,7 +212,7 @@ class DistTransport:
     def close(self) -> None:
         """Deliver everything sent; every agreed message must have been received."""
         self.flush()
-        left = {s: [k for k, _, _ in box.posted] + list(box.expected) for s, box in self.inbox.items()}
+        left = {s: box.left() for s, box in self.inbox.items()}
         left = {s: keys[:5] for s, keys in left.items() if keys}
         if left:
             raise RuntimeError(f"stage {self.stage}: messages never used: {left}")

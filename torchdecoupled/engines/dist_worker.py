@@ -12,7 +12,8 @@ it runs exactly the simulator's loop::
 After each evaluation tick (``train.eval_ticks``) every process collects its telemetry, replica 0 of
 every stage evaluates the test set as a pipeline (stage 0 sends chunks up as ``eval`` messages, the
 last stage computes loss and accuracy as ``engines.sim.evaluate`` does), and rank 0 gathers the
-per-process results and writes the epoch record.
+per-process results and writes the epoch record; with ``--checkpoint`` (all but the last evaluation
+tick) rank 0 then writes the checkpoint, and ``--resume`` starts after its tick (``dist_checkpoint``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from ..metrics import MetricsWriter
 from ..partition import cut_points
 from ..timeline import Recorder
 from ..worker import Worker
+from . import dist_checkpoint
 from .dist_layout import Layout, ReplicaBatches, collective, grad_averager, init_process_group
 from .dist_plan import MessagePlan, feature_shapes
 from .dist_transport import DistTransport, PeerError
@@ -110,28 +112,31 @@ class StageProcess:
         self.schedule = run.schedule
         dtype = getattr(torch, cfg.dtype)
         self.test_x, self.test_y = run.dataset.test_x.to(dtype), run.dataset.test_y
+        state = dist_checkpoint.read(cfg, run, device) if cfg.resume else None
+        self.first_tick = state["tick"] + 1 if state is not None else 0  # resumed after the checkpoint's tick
         plan = MessagePlan(run.schedule, self.evals, feature_shapes(run.modules, run.batches.x), run.batches,
-                           layout.replica, D, len(self.test_x), EVAL_BATCH)
+                           layout.replica, D, len(self.test_x), EVAL_BATCH, start=self.first_tick)
         self.stage = build_stage(run, k, device)
         groups = [dist.new_group(layout.ranks_of_stage(s)) if D > 1 else None for s in range(cfg.stages)]
         if D > 1:
             self.stage.grad_sync = grad_averager(groups[k], D)
+        received = dist_checkpoint.restore(state, layout, self.stage) if state is not None else {}
         self.recorder = Recorder(enabled=cfg.trace)
         comm = device if backend == "nccl" else "cpu"
         self.transport = DistTransport(plan, k, layout.replica, cfg.stages, D, timeout=cfg.timeout, device=comm,
-                                       on_wait=self.recorder.wait)
+                                       on_wait=self.recorder.wait, received=received)
         self.worker = Worker(self.stage, self.schedule, ReplicaBatches(run.batches, layout.replica, D),
                              self.transport)
-        self.records: list[dict] = []
-        self.writer = MetricsWriter(cfg.out if layout.rank == 0 else None)
+        self.records: list[dict] = list(state["records"]) if state is not None else []
+        self.writer = MetricsWriter(cfg.out if layout.rank == 0 else None, self.records)
 
     def train(self) -> None:
         evals, k, rec, clock = self.evals, self.layout.stage, self.recorder, time.perf_counter_ns
         bar = self._bar()
         collective("the start barrier", dist.barrier)
         rec.start()
-        self.start = time.perf_counter()
-        for t in range(self.schedule.num_ticks):
+        self.start = time.perf_counter() - (self.records[-1]["time_s"] if self.records else 0.0)
+        for t in range(self.first_tick, self.schedule.num_ticks):
             self.tick = rec.tick = t
             if self.progress is not None:
                 self.progress[self.layout.rank] = t
@@ -154,10 +159,12 @@ class StageProcess:
         if not (self.cfg.progress and self.layout.rank == 0):
             return None
         from ..train import progress_bar
-        return progress_bar(self.schedule.num_ticks, True, f"{self.cfg.method} K={self.cfg.stages} dist")
+        return progress_bar(self.schedule.num_ticks - self.first_tick, True,
+                            f"{self.cfg.method} K={self.cfg.stages} dist")
 
     def end_epoch(self, epoch: int, bar=None) -> None:
-        """Collect, evaluate, gather on rank 0 (drawn as one "eval" span; not counted in the idle fraction)."""
+        """Collect, evaluate, gather on rank 0, checkpoint (drawn as one "eval" span; not counted in the
+        idle fraction)."""
         idle = self.recorder.close_window()
         t0 = time.perf_counter_ns()
         mine = {"stage": self.layout.stage, "replica": self.layout.replica, "collect": self.stage.collect(epoch),
@@ -171,6 +178,8 @@ class StageProcess:
             self.writer.epoch(rec)
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{rec['train_loss']:.3f}", test_acc=f"{rec['test_acc']:.3f}")
+        if self.cfg.checkpoint and self.tick < self.schedule.num_ticks - 1:  # as the simulator: not the last
+            dist_checkpoint.save(self, self.tick)
         self.recorder.span("eval", f"eval {epoch}", t0, time.perf_counter_ns())
         self.recorder.open_window()
 

@@ -2,6 +2,10 @@
 import dataclasses
 import functools
 import os
+import shutil
+import socket
+import subprocess
+import sys
 
 import torch
 
@@ -73,3 +77,26 @@ def _ppid(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+
+def torchrun_two_nodes(args: list[str]) -> list[str]:
+    """Run `torchrun --nnodes 2 --nproc-per-node 1 python <args>` twice on 127.0.0.1 (node ranks 0 and 1),
+    as two machines would; assert both exit 0; return their outputs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHDECOUPLED_FAULT")}
+    nodes = [subprocess.Popen([TORCHRUN, "--nnodes", "2", "--node-rank", str(n), "--nproc-per-node", "1",
+                               "--master-addr", "127.0.0.1", "--master-port", str(port), *args],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in nodes]
+    finally:
+        for p in nodes:
+            p.kill()
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(outs)
+    return outs

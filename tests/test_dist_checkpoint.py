@@ -5,15 +5,11 @@ a killed run leaves its last checkpoint whole."""
 import dataclasses
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from dist_cases import sim_summary, stage_processes, tiny_cfg
+from dist_cases import TORCHRUN, sim_summary, stage_processes, tiny_cfg, torchrun_two_nodes
 from torchdecoupled import checkpoint
 from torchdecoupled.data import load_dataset
 from torchdecoupled.engines.dist import DistributedError, train_dist
@@ -153,9 +149,6 @@ def test_a_write_cut_short_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.read(path)["tick"] == 3
 
 
-TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-
-
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
 def test_torchrun_resumes_and_writes_checkpoints(tmp_path):
     """Two torchrun "machines" (one process each) continue a checkpoint of the one-machine launcher, to
@@ -163,24 +156,10 @@ def test_torchrun_resumes_and_writes_checkpoints(tmp_path):
     cfg = tiny_cfg("fdg", 2, epochs=2, batch_size=500, dtype="float32", model_opts={}, lr_schedule="none",
                    out=str(tmp_path / "a"), checkpoint=True)  # what the command line below builds
     train_dist(cfg)  # its checkpoint: after epoch 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["-m", "torchdecoupled", "train", "--engine", "dist", "--method", "fdg", "--stages", "2",
-            "--dataset", "mnist1d", "--model", "mlp", "--epochs", "3", "--batch-size", "500", "--lr", "0.1",
-            "--lr-schedule", "none", "--timeout", "30", "--no-progress", "--out", str(tmp_path / "b"),
-            "--resume", cfg.out, "--checkpoint"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", FAULT)}
-    nodes = [subprocess.Popen([TORCHRUN, "--nnodes", "2", "--node-rank", str(n), "--nproc-per-node", "1",
-                               "--master-addr", "127.0.0.1", "--master-port", str(port), *args],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for n in (0, 1)]
-    try:
-        outs = [p.communicate(timeout=120)[0] for p in nodes]
-    finally:
-        for p in nodes:
-            p.kill()
-    assert [p.returncode for p in nodes] == [0, 0], "\n".join(outs)
+    torchrun_two_nodes(["-m", "torchdecoupled", "train", "--engine", "dist", "--method", "fdg", "--stages", "2",
+                        "--dataset", "mnist1d", "--model", "mlp", "--epochs", "3", "--batch-size", "500",
+                        "--lr", "0.1", "--lr-schedule", "none", "--timeout", "30", "--no-progress",
+                        "--out", str(tmp_path / "b"), "--resume", cfg.out, "--checkpoint"])
     longer = dataclasses.replace(cfg, epochs=3)
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["params_sha256"] == reference(longer)

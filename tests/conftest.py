@@ -8,6 +8,7 @@ from torch import nn
 from torchdecoupled.engines.sim import run_sim
 from torchdecoupled.methods import get_method
 from torchdecoupled.partition import split
+from torchdecoupled.predict import make_predictor
 from torchdecoupled.schedule import Schedule
 from torchdecoupled.stage import Stage
 
@@ -65,6 +66,21 @@ def make_stages(method_name, K, model, batches, num_batches, lr=0.1, momentum=0.
     make_opt = optimizer or (lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum))
     stages = [Stage(k, schedule, method, m, make_opt(list(m.parameters())), batches_per_epoch=batches.per_epoch)
               for k, m in enumerate(modules)]
+    return stages, schedule
+
+
+def cut_stages(name, K, model, batches, N, cuts, lr=0.1, momentum=0.9, predictor=None, **opts):
+    """Stages of `model` cut at `cuts`; DTRP stages get a fresh predictor each (make_predictor)."""
+    method = get_method(name, **opts)
+    schedule = Schedule(method.family, K, N, method.order, method.accumulate)
+    edges = [0, *cuts, len(model)]
+    stages = []
+    for k in range(K):
+        m = model[edges[k]:edges[k + 1]]
+        pred = predictor or (method.predictor if method.predictor != "none" else None)
+        stages.append(Stage(k, schedule, method, m, torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum),
+                            predictor=make_predictor(pred) if pred else None, seed=3,
+                            batches_per_epoch=batches.per_epoch))
     return stages, schedule
 
 

@@ -109,7 +109,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
                                          r"there but 1 here\): resume with the settings it was written with "
                                          r"\(--batch-size 400 --seed 0\), or start afresh without --resume"):
         train_dist(dataclasses.replace(again, batch_size=500, seed=1))
-    with pytest.raises(ValueError, match=r"method 'fdg\(\)' there but 'adl\(accumulate=2\)' here.*"
+    with pytest.raises(ValueError, match=r"method 'fdg' there but 'adl\(accumulate=2\)' here.*"
                                          r"\(--method fdg\)"):
         train_dist(dataclasses.replace(again, method="adl", method_opts={"accumulate": 2}))
     with pytest.raises(ValueError, match=r"replicas 2 there but 1 here.*\(--engine dist --replicas 2\)"):

@@ -23,7 +23,7 @@ class Method:
     def describe(self) -> str:
         opts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
                 if f.name not in ("name", "paper", "family") and getattr(self, f.name) != f.default]
-        return f"{self.name}({', '.join(opts)})"
+        return f"{self.name}({', '.join(opts)})" if opts else self.name
 
 
 def configure(base: Method, allowed: tuple[str, ...], **opts) -> Method:

@@ -35,6 +35,11 @@ MUST_MATCH = ("method", "stages", "replicas", "dataset", "model", "model_opts", 
               "lr", "momentum", "weight_decay", "lr_schedule", "milestones", "seed", "dtype")
 
 
+def in_dir(directory: str) -> str:
+    """The checkpoint file of a run directory."""
+    return os.path.join(directory, FILE)
+
+
 # ---- one stage ------------------------------------------------------------------------------------
 def stage_state(s: Stage) -> dict:
     snaps: dict[int, list[torch.Tensor]] = {}
@@ -132,9 +137,14 @@ def read(path: str, map_location=None) -> dict:
     return state
 
 
+def map_tensors(fn, obj):
+    """``obj`` (nested dicts, lists, tuples) with ``fn`` applied to every tensor in it."""
+    return tree_map(lambda v: fn(v) if isinstance(v, torch.Tensor) else v, obj)
+
+
 def copied(obj):
     """``obj`` with every tensor copied out of the memory-mapped file."""
-    return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, obj)
+    return map_tensors(torch.Tensor.clone, obj)
 
 
 def restore(state: dict, stages: list[Stage], transport: LocalTransport) -> tuple[int, list[dict]]:

@@ -6,7 +6,6 @@ evaluated after the pipeline drains (every batch's gradient applied at every sta
 """
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -57,7 +56,7 @@ def train(cfg: RunConfig) -> dict:
     torch.set_num_threads(cfg.threads or 1)  # one thread per stage worker: deterministic, as in dist
     state, path = None, None
     if cfg.resume:
-        path = os.path.join(cfg.resume, checkpoint.FILE)
+        path = checkpoint.in_dir(cfg.resume)
         state = checkpoint.read(path, map_location=cfg.device)
         cfg = checkpoint.check_config(state, cfg, path)
     run = build_run(cfg)
@@ -85,7 +84,7 @@ def train(cfg: RunConfig) -> dict:
         records.append(rec)
         writer.epoch(rec)
         if cfg.checkpoint and t < run.schedule.num_ticks - 1:
-            checkpoint.save(os.path.join(cfg.out, checkpoint.FILE), stages, transport, t, records, cfg.__dict__,
+            checkpoint.save(checkpoint.in_dir(cfg.out), stages, transport, t, records, cfg.__dict__,
                             cut_points(run.modules), run.batches.per_epoch)
         if bar is not None:
             bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.3f}", test_acc=f"{rec['test_acc']:.3f}")

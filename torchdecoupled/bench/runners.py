@@ -13,6 +13,7 @@ import traceback
 
 from .jobs import LR, MOMENTUM, OURS, PIPE, SEED, WEIGHT_DECAY, Job
 
+
 def _clock() -> tuple[int, int, int, int]:
     """(wall ns, this process's CPU ns, this thread's CPU ns, this process's minor page faults)."""
     return (time.perf_counter_ns(), time.process_time_ns(), time.thread_time_ns(),

@@ -47,7 +47,7 @@ def train_dist(cfg: RunConfig, *, return_state: bool = False):
     cfg = cfg.resolved()
     backend = check_backend(cfg)
     if cfg.resume:  # a checkpoint of another run fails here, in one line, before any process starts
-        path = os.path.join(cfg.resume, checkpoint.FILE)
+        path = checkpoint.in_dir(cfg.resume)
         cfg = checkpoint.check_config(checkpoint.read(path, map_location="cpu"), cfg, path)
     world = cfg.stages * cfg.replicas
     fault = Fault.parse(os.environ.get(FAULT_ENV))

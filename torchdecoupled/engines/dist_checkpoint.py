@@ -14,11 +14,7 @@ addressed to it as already received, and plans its channels from the next tick o
 """
 from __future__ import annotations
 
-import os
-
-import torch
 import torch.distributed as dist
-from torch.utils._pytree import tree_map
 
 from .. import checkpoint
 from ..partition import cut_points
@@ -26,7 +22,7 @@ from .dist_layout import collective
 
 
 def _cpu(obj):
-    return tree_map(lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v, obj)
+    return checkpoint.map_tensors(lambda t: t.detach().cpu(), obj)
 
 
 def save(proc, tick: int) -> None:
@@ -45,17 +41,14 @@ def save(proc, tick: int) -> None:
     run = proc.run
     state = checkpoint.make(tick, proc.records, proc.cfg.__dict__, replicas, cut_points(run.modules),
                             run.batches.per_epoch)
-    checkpoint.write(os.path.join(proc.cfg.out, checkpoint.FILE), state)
-
-
-def path_of(cfg) -> str:
-    return os.path.join(cfg.resume, checkpoint.FILE)
+    checkpoint.write(checkpoint.in_dir(proc.cfg.out), state)
 
 
 def read(cfg, run, device: str) -> dict:
     """The checkpoint to resume from, its cut points checked against this run's (a ValueError)."""
-    state = checkpoint.read(path_of(cfg), map_location=device)
-    checkpoint.check_boundaries(state, run.modules, path_of(cfg), cfg.partition)
+    path = checkpoint.in_dir(cfg.resume)
+    state = checkpoint.read(path, map_location=device)
+    checkpoint.check_boundaries(state, run.modules, path, cfg.partition)
     return state
 
 

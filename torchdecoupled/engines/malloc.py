@@ -16,8 +16,8 @@ the heap still grows for a few ticks: glibc carves small C++ allocations out of 
 block, which then no longer fits the next activation (ResNet-20, K = 2: stage 0 takes its last tick
 with over 1,000 faults at tick 4 to 6). It used to grow for 20-odd ticks more, because the transport
 kept its last 16 sent messages (8 MiB each) alive; it now keeps 2 (``dist_transport``), which also
-lowered each stage's peak RSS by 80 to 150 MB. Results do not change (only addresses). Set ``TORCHDECOUPLED_KEEP_MEMORY=0`` to keep glibc's defaults. Elsewhere (not
-Linux/glibc) it does nothing.
+lowered each stage's peak RSS by 80 to 150 MB. Results do not change (only addresses). Set
+``TORCHDECOUPLED_KEEP_MEMORY=0`` to keep glibc's defaults. Elsewhere (not Linux/glibc) it does nothing.
 """
 from __future__ import annotations
 

@@ -38,9 +38,9 @@ from .dist_plan import Key, MessagePlan
 
 # Both windows are kept small on purpose: every message held here is a whole batch's activation or
 # gradient kept alive. With 4 and 16 a ResNet-20 stage (one 8 MiB message a tick) held 128 MiB more,
-# and its heap grew, with 5,000 page faults a tick, for its first 20-odd ticks (engines/malloc.py).
+# and its heap grew, with 3,000-5,000 page faults a tick, for its first 16-28 ticks (docs/faults.md).
 # A send two messages old has always had its receive posted (receives are posted in channel order),
-# so waiting on it does not stall: measured 0-1 ms blocked on sends over a whole run.
+# so waiting on it does not stall: 0.01-0.02 ms per tick blocked on sends (docs/speed_details.json).
 PREFETCH = 2           # receives posted ahead per neighbour (gloo; NCCL: 0, see DistTransport)
 MAX_OUTSTANDING = 2    # sent messages whose completion is not yet waited
 

@@ -13,11 +13,12 @@ settled, from a few hundred to 50,000.
 come from ``mmap``) and ``M_TRIM_THRESHOLD`` to 1 GiB, so freed memory stays in the process, much as a
 caching allocator keeps it: the resident size stays at the peak the run reaches anyway. After that
 the heap still grows for a few ticks: glibc carves small C++ allocations out of a just-freed 8 MiB
-block, which then no longer fits the next activation (ResNet-20, K = 2: stage 0 takes its last tick
-with over 1,000 faults at tick 4 to 6). It used to grow for 20-odd ticks more, because the transport
-kept its last 16 sent messages (8 MiB each) alive; it now keeps 2 (``dist_transport``), which also
-lowered each stage's peak RSS by 80 to 150 MB. Results do not change (only addresses). Set
-``TORCHDECOUPLED_KEEP_MEMORY=0`` to keep glibc's defaults. Elsewhere (not Linux/glibc) it does nothing.
+block, which then no longer fits the next activation (ResNet-20, K = 2: stage 0's last tick with more
+than 1,000 faults is tick 7 to 11). It used to grow until tick 16 to 28, because the transport kept its
+last 16 sent messages (8 MiB each) alive; it now keeps 2 (``dist_transport``), which also lowered the
+stage processes' peak RSS by 60 to 250 MB (``benchmarks/faults.py``, docs/faults.md). Results do not
+change (only addresses). Set ``TORCHDECOUPLED_KEEP_MEMORY=0`` to keep glibc's defaults. Elsewhere (not
+Linux/glibc) it does nothing.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -89,14 +90,25 @@ def torchrun_two_nodes(args: list[str]) -> list[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHDECOUPLED_FAULT")}
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in (0, 1)]  # files, not pipes: never a full pipe
     nodes = [subprocess.Popen([TORCHRUN, "--nnodes", "2", "--node-rank", str(n), "--nproc-per-node", "1",
                                "--master-addr", "127.0.0.1", "--master-port", str(port), *args],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=env, stdout=logs[n], stderr=subprocess.STDOUT, text=True)
              for n in (0, 1)]
     try:
-        outs = [p.communicate(timeout=120)[0] for p in nodes]
+        for p in nodes:
+            p.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         for p in nodes:
             p.kill()
-    assert [p.returncode for p in nodes] == [0, 0], "\n".join(outs)
+            p.wait()
+    outs = []
+    for log in logs:
+        log.seek(0)
+        outs.append(log.read())
+        log.close()
+    report = "\n".join(f"--- node {n} (exit {p.returncode}):\n{out}" for n, (p, out) in enumerate(zip(nodes, outs)))
+    assert [p.returncode for p in nodes] == [0, 0], report
     return outs

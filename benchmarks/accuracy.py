@@ -13,7 +13,7 @@ import time
 
 from torchdecoupled.config import RunConfig
 from torchdecoupled.metrics import machine
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 ROWS = [("bp", {}, "BP"), ("ddg", {}, "DDG"), ("fdg", {"beta": 1.0}, "FDG beta=1"),
         ("fdg", {"beta": 0.5}, "FDG beta=0.5"), ("adl", {"accumulate": 2}, "ADL M=2")]

@@ -27,7 +27,7 @@ import torch
 
 from torchdecoupled.config import RunConfig
 from torchdecoupled.metrics import machine
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 CHANCE = 0.15  # MNIST-1D has 10 balanced classes: a run below this learned nothing (diverged or collapsed)
 # (label, method, method options, lr override or None)

@@ -59,13 +59,18 @@ def tiny_model(seed=0, dtype=torch.float64, features=6, classes=3):
 CUTS = {1: None, 2: [4], 3: [2, 4], 4: [2, 4, 6]}
 
 
-def make_stages(method_name, K, model, batches, num_batches, lr=0.1, momentum=0.9, optimizer=None, **opts):
+def make_stages(method_name, K, model, batches, num_batches, lr=0.1, momentum=0.9, optimizer=None,
+                scheduler=None, scheduler_interval="epoch", **opts):
+    """Stages of `model` cut at CUTS[K]; `optimizer(params)` and `scheduler(optimizer)` are factories."""
     method = get_method(method_name, **opts)
     schedule = Schedule(method.family, K, num_batches, method.order, method.accumulate)
     modules = split(model, K, boundaries=CUTS[K]) if K > 1 else [nn.Sequential(*model)]
     make_opt = optimizer or (lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum))
-    stages = [Stage(k, schedule, method, m, make_opt(list(m.parameters())), batches_per_epoch=batches.per_epoch)
-              for k, m in enumerate(modules)]
+    stages = []
+    for k, m in enumerate(modules):
+        opt = make_opt(list(m.parameters()))
+        stages.append(Stage(k, schedule, method, m, opt, scheduler=scheduler(opt) if scheduler else None,
+                            scheduler_interval=scheduler_interval, batches_per_epoch=batches.per_epoch))
     return stages, schedule
 
 

@@ -11,7 +11,7 @@ import tempfile
 import torch
 
 from torchdecoupled.config import RunConfig
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 
 def tiny_cfg(method="fdg", stages=2, **kw) -> RunConfig:

@@ -45,7 +45,7 @@ def test_loader_batches_reiterates_per_epoch_and_releases():
             epochs_started.append(1)
             return iter([(torch.full((2, 1), float(i)), torch.tensor([i, i])) for i in range(3)])
 
-    lb = td.api.LoaderBatches(Loader())
+    lb = td.data.loader.LoaderBatches(Loader())
     assert lb.get(4)[1].tolist() == [1, 1] and len(epochs_started) == 2
     assert lb.get(2)[1].tolist() == [2, 2]
     lb.release_before(4)

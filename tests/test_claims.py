@@ -4,7 +4,7 @@ import os
 import sys
 
 from torchdecoupled.config import RunConfig
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 
 def test_fdg_on_three_stages_ends_within_1_5_points_of_bp_on_mnist1d():

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from dist_cases import sim_of, sim_summary, tiny_cfg
-from torchdecoupled.build import build_run, build_stage
+from torchdecoupled.build import build_pipeline, build_run, build_stage
 from torchdecoupled.data import load_dataset
-from torchdecoupled.engines.dist import train_dist
 from torchdecoupled.engines.sim import run_sim
 from torchdecoupled.methods import METHODS
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,7 +22,7 @@ def cached_data():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_dist_equals_sim_every_method_k2(name):
     cfg = tiny_cfg(name, 2)
-    got = train_dist(cfg)
+    got = train(cfg)
     want = sim_summary(cfg)
     assert got["params_sha256"] == want["params_sha256"]
     assert got["test_loss"] == want["test_loss"] and got["train_loss"] == want["train_loss"]
@@ -34,12 +33,12 @@ def test_dist_equals_sim_every_method_k2(name):
                                        ("dsp", 3, {"dtype": "float32", "model": "cnn1d_bn", "model_opts": {}})])
 def test_dist_equals_sim_deeper_float32_batchnorm(name, K, kw):
     cfg = tiny_cfg(name, K, **kw)
-    assert train_dist(cfg)["params_sha256"] == sim_summary(cfg)["params_sha256"]
+    assert train(cfg)["params_sha256"] == sim_summary(cfg)["params_sha256"]
 
 
 def test_outputs_equal_the_simulators_and_show_the_timeline(tmp_path):
     cfg = tiny_cfg("fdg", 2, out=str(tmp_path / "dist"))
-    summary = train_dist(cfg)
+    summary = train(cfg)
     on_disk = json.loads((tmp_path / "dist" / "summary.json").read_text())
     assert on_disk["params_sha256"] == summary["params_sha256"]
     assert summary["engine"] == "dist" and summary["world_size"] == 2 and len(summary["idle_fraction"]) == 2
@@ -74,8 +73,11 @@ def test_two_replicas_equal_one_up_to_rounding(name):
     # D = 2 averages two half-batch gradients: equal to the full-batch mean up to float rounding (no BN
     # here; with BatchNorm the batch statistics of a half batch differ, see docs/distributed.md).
     cfg = tiny_cfg(name, 2, replicas=2, batch_size=401)  # odd: unequal halves
-    summary, states = train_dist(cfg, return_state=True)
+    pipe, _, batches = build_pipeline(cfg)
+    pipe.fit(batches, cfg.epochs, progress=False)
+    summary = pipe.summary([])
     assert summary["replicas"] == 2 and summary["world_size"] == 4
+    states = [s.module.state_dict() for s in pipe.stages]
     want = _sim_state(cfg)
     for got_k, want_k in zip(states, want):
         assert got_k.keys() == want_k.keys()
@@ -86,7 +88,7 @@ def test_two_replicas_equal_one_up_to_rounding(name):
 def test_a_measured_partition_is_the_same_in_every_process():
     # "time" measures each layer: two processes would measure differently. Rank 0 measures, every rank
     # cuts where it did; the summary says where, and the simulator cut there gives the same result.
-    summary = train_dist(tiny_cfg("fdg", 3, partition="time", epochs=1))
+    summary = train(tiny_cfg("fdg", 3, partition="time", epochs=1))
     cuts = summary["boundaries"]
     assert len(cuts) == 2 and 0 < cuts[0] < cuts[1] < 4
     again = sim_summary(tiny_cfg("fdg", 3, partition=",".join(map(str, cuts)), epochs=1))
@@ -109,7 +111,7 @@ def test_an_evaluation_of_several_chunks_equals_the_simulators(tmp_path, name, K
         (folder / fname).write_bytes(pickle.dumps(batch))
     cfg = tiny_cfg(name, K, dataset="cifar10", data_root=str(tmp_path), batch_size=16, dtype="float32",
                    model_opts={"hidden": (16, 16, 16)}, replicas=D)
-    got, want = train_dist(cfg), sim_summary(cfg)
+    got, want = train(cfg), sim_summary(cfg)
     assert got["test_loss"] == pytest.approx(want["test_loss"], rel=1e-6 if D > 1 else 0)
     if D == 1:
         assert got["params_sha256"] == want["params_sha256"]

@@ -12,8 +12,8 @@ import torch
 from dist_cases import TORCHRUN, sim_summary, stage_processes, tiny_cfg, torchrun_two_nodes
 from torchdecoupled import checkpoint
 from torchdecoupled.data import load_dataset
-from torchdecoupled.engines.dist import DistributedError, train_dist
-from torchdecoupled.train import train
+from torchdecoupled.engines.dist import DistributedError
+from torchdecoupled.run import train
 
 FAULT = "TORCHDECOUPLED_FAULT"
 
@@ -58,8 +58,8 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_dist_resume_equals_the_uninterrupted_run(tmp_path, name):
     cfg = tiny_cfg(epochs=3, out=str(tmp_path / "a"), checkpoint=True, **CASES[name])
-    whole = train_dist(cfg)
-    resumed = train_dist(dataclasses.replace(cfg, out=str(tmp_path / "b"), checkpoint=False, resume=cfg.out))
+    whole = train(cfg)
+    resumed = train(dataclasses.replace(cfg, out=str(tmp_path / "b"), checkpoint=False, resume=cfg.out))
     assert resumed["params_sha256"] == whole["params_sha256"]
     assert records(tmp_path / "b") == records(tmp_path / "a")  # the epochs before the resume, and after
     if cfg.replicas == 1:  # D = 2 equals the simulator up to rounding only (docs/distributed.md)
@@ -74,12 +74,12 @@ def test_dist_resume_equals_the_uninterrupted_run(tmp_path, name):
 
 def test_either_engine_resumes_the_others_checkpoint(tmp_path):
     cfg = tiny_cfg("fdg", 3, epochs=3, checkpoint=True)
-    train_dist(dataclasses.replace(cfg, out=str(tmp_path / "dist")))
+    train(dataclasses.replace(cfg, out=str(tmp_path / "dist")))
     sim(cfg, out=str(tmp_path / "sim"))
     assert (checkpoint.read(str(tmp_path / "dist" / checkpoint.FILE))["replicas"][0]["messages"].keys()
             == checkpoint.read(str(tmp_path / "sim" / checkpoint.FILE))["replicas"][0]["messages"].keys())
     in_sim = sim(cfg, out=str(tmp_path / "s"), checkpoint=False, resume=str(tmp_path / "dist"))
-    in_dist = train_dist(dataclasses.replace(cfg, out=str(tmp_path / "d"), checkpoint=False,
+    in_dist = train(dataclasses.replace(cfg, out=str(tmp_path / "d"), checkpoint=False,
                                              resume=str(tmp_path / "sim")))
     assert in_sim["params_sha256"] == in_dist["params_sha256"] == reference(cfg)
     assert records(tmp_path / "s") == records(tmp_path / "d") == records(tmp_path / "sim")
@@ -87,15 +87,15 @@ def test_either_engine_resumes_the_others_checkpoint(tmp_path):
 
 def test_epochs_may_grow_without_a_cosine_schedule(tmp_path):
     cfg = tiny_cfg("fdg", 2, epochs=3, lr_schedule="none", out=str(tmp_path / "a"), checkpoint=True)
-    train_dist(cfg)
+    train(cfg)
     longer = dataclasses.replace(cfg, epochs=4, out=str(tmp_path / "b"), checkpoint=False, resume=cfg.out)
-    assert train_dist(longer)["params_sha256"] == reference(longer)  # = an uninterrupted 4-epoch run
+    assert train(longer)["params_sha256"] == reference(longer)  # = an uninterrupted 4-epoch run
     with pytest.raises(ValueError, match=r"written by a 3-epoch run and this run has --epochs 2, but by tick 20 "
                                          r"the pipeline had reached the last batch of a 2-epoch run: resume "
                                          r"with --epochs 3 or more$"):
-        train_dist(dataclasses.replace(longer, epochs=2))
+        train(dataclasses.replace(longer, epochs=2))
     cosine = dataclasses.replace(cfg, lr_schedule="cosine", out=str(tmp_path / "c"))
-    train_dist(cosine)
+    train(cosine)
     with pytest.raises(ValueError, match=r"the cosine learning-rate schedule anneals over the epochs of the run: "
                                          r"resume with --epochs 3$"):
         sim(cosine, epochs=4, out=None, checkpoint=False, resume=cosine.out)
@@ -103,22 +103,22 @@ def test_epochs_may_grow_without_a_cosine_schedule(tmp_path):
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     cfg = tiny_cfg("fdg", 2, replicas=2, out=str(tmp_path / "a"), checkpoint=True)
-    train_dist(cfg)
+    train(cfg)
     again = dataclasses.replace(cfg, out=None, checkpoint=False, resume=cfg.out)
     with pytest.raises(ValueError, match=r"was written by another run \(batch_size 400 there but 500 here, seed 0 "
                                          r"there but 1 here\): resume with the settings it was written with "
                                          r"\(--batch-size 400 --seed 0\), or start afresh without --resume"):
-        train_dist(dataclasses.replace(again, batch_size=500, seed=1))
+        train(dataclasses.replace(again, batch_size=500, seed=1))
     with pytest.raises(ValueError, match=r"method 'fdg' there but 'adl\(accumulate=2\)' here.*"
                                          r"\(--method fdg\)"):
-        train_dist(dataclasses.replace(again, method="adl", method_opts={"accumulate": 2}))
+        train(dataclasses.replace(again, method="adl", method_opts={"accumulate": 2}))
     with pytest.raises(ValueError, match=r"replicas 2 there but 1 here.*\(--engine dist --replicas 2\)"):
         sim(again)  # the simulator runs one replica
     with pytest.raises(ValueError, match=r"cut the model at \[2\] but this run cuts it at \[1\] \(--partition 1\): "
                                          r"resume with --partition 2$"):
-        train_dist(dataclasses.replace(again, partition="1"))  # found in the stage processes, same message
+        train(dataclasses.replace(again, partition="1"))  # found in the stage processes, same message
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        train_dist(dataclasses.replace(again, resume=str(tmp_path / "nothing")))
+        train(dataclasses.replace(again, resume=str(tmp_path / "nothing")))
     assert not stage_processes()
 
 
@@ -126,10 +126,10 @@ def test_a_killed_run_leaves_its_last_checkpoint_whole(tmp_path, monkeypatch):
     cfg = tiny_cfg("fdg", 2, epochs=3, out=str(tmp_path / "a"), checkpoint=True)
     monkeypatch.setenv(FAULT, "1:15:kill")  # after the checkpoint of tick 10 (epoch 0), before tick 20's
     with pytest.raises(DistributedError, match=r"stage 1 \(rank 1\) died at tick 15"):
-        train_dist(cfg)
+        train(cfg)
     monkeypatch.delenv(FAULT)
     assert checkpoint.read(str(tmp_path / "a" / checkpoint.FILE))["tick"] == 10
-    resumed = train_dist(dataclasses.replace(cfg, out=str(tmp_path / "b"), checkpoint=False, resume=cfg.out))
+    resumed = train(dataclasses.replace(cfg, out=str(tmp_path / "b"), checkpoint=False, resume=cfg.out))
     assert resumed["params_sha256"] == reference(cfg)
     assert [r["epoch"] for r in records(tmp_path / "b")] == [0, 1, 2]
 
@@ -155,7 +155,7 @@ def test_torchrun_resumes_and_writes_checkpoints(tmp_path):
     more epochs, and write their own, which the simulator continues."""
     cfg = tiny_cfg("fdg", 2, epochs=2, batch_size=500, dtype="float32", model_opts={}, lr_schedule="none",
                    out=str(tmp_path / "a"), checkpoint=True)  # what the command line below builds
-    train_dist(cfg)  # its checkpoint: after epoch 0
+    train(cfg)  # its checkpoint: after epoch 0
     torchrun_two_nodes(["-m", "torchdecoupled", "train", "--engine", "dist", "--method", "fdg", "--stages", "2",
                         "--dataset", "mnist1d", "--model", "mlp", "--epochs", "3", "--batch-size", "500",
                         "--lr", "0.1", "--lr-schedule", "none", "--timeout", "30", "--no-progress",

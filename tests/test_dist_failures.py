@@ -9,7 +9,8 @@ import pytest
 
 from dist_cases import stage_processes, tiny_cfg
 from torchdecoupled.data import load_dataset
-from torchdecoupled.engines.dist import DistributedError, train_dist
+from torchdecoupled.engines.dist import DistributedError
+from torchdecoupled.run import train
 
 FAULT = "TORCHDECOUPLED_FAULT"
 
@@ -23,7 +24,7 @@ def _fail(monkeypatch, spec, **kw):
     monkeypatch.setenv(FAULT, spec)
     t0 = time.monotonic()
     with pytest.raises(DistributedError) as e:
-        train_dist(tiny_cfg("fdg", 2, **kw))
+        train(tiny_cfg("fdg", 2, **kw))
     return str(e.value), time.monotonic() - t0
 
 
@@ -70,38 +71,38 @@ def test_a_child_exits_when_the_launcher_is_gone():
 def test_bad_fault_spec_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(FAULT, "1:x")
     with pytest.raises(ValueError, match=r"bad TORCHDECOUPLED_FAULT='1:x' \(want stage:tick:kind"):
-        train_dist(tiny_cfg())
+        train(tiny_cfg())
 
 
 def test_unknown_backend():
     with pytest.raises(ValueError, match=r"^unknown backend 'mpi2' \(valid: gloo, nccl\)$"):
-        train_dist(tiny_cfg(backend="mpi2"))
+        train(tiny_cfg(backend="mpi2"))
 
 
 def test_nccl_without_cuda():
     with pytest.raises(ValueError, match=r"backend 'nccl' needs CUDA GPUs"):
-        train_dist(tiny_cfg(backend="nccl"))
+        train(tiny_cfg(backend="nccl"))
 
 
 def test_too_many_processes_for_one_machine(monkeypatch):
     monkeypatch.setenv("TORCHDECOUPLED_MAX_PROCS", "6")
-    with pytest.raises(ValueError, match=r"--stages 4 x --replicas 2 = 8 processes is more than 6 on one machine"):
-        train_dist(tiny_cfg(stages=4, replicas=2))
+    with pytest.raises(ValueError, match=r"4 stages x 2 replicas = 8 processes is more than 6 on one machine"):
+        train(tiny_cfg(stages=4, replicas=2))
 
 
 def test_configuration_errors_found_while_setting_up_stay_one_line():
-    with pytest.raises(ValueError, match=r"^--replicas 3 needs at least 3 samples in every batch, but the last batch "
-                                         r"of an epoch has 1 \(change --batch-size\)$"):
-        train_dist(tiny_cfg(replicas=3, batch_size=3999))
+    with pytest.raises(ValueError, match=r"^batch 1 has 1 samples, fewer than the 3 replicas that split it: use "
+                                         r"batches of at least 3 \(drop_last=True drops a short last batch\)$"):
+        train(tiny_cfg(replicas=3, batch_size=3999))
 
 
 def test_torchrun_world_size_must_be_stages_times_replicas(monkeypatch):
     for k, v in {"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(ValueError, match=r"torchrun started 3 processes \(WORLD_SIZE=3\) but --stages 2 x "
-                                         r"--replicas 1 needs 2"):
-        train_dist(tiny_cfg())
+    with pytest.raises(ValueError, match=r"this run has 3 processes \(WORLD_SIZE=3\) but 2 stages x 1 replicas "
+                                         r"need 2: launch with --nnodes x --nproc-per-node = 2"):
+        train(tiny_cfg())
 
 
 def test_port_in_use_is_named_not_a_hang():
@@ -111,7 +112,7 @@ def test_port_in_use_is_named_not_a_hang():
         port = s.getsockname()[1]
         t0 = time.monotonic()
         with pytest.raises(ValueError, match=rf"port {port} on 127.0.0.1 is already in use"):
-            train_dist(tiny_cfg(init_method=f"tcp://127.0.0.1:{port}"))
+            train(tiny_cfg(init_method=f"tcp://127.0.0.1:{port}"))
         assert time.monotonic() - t0 < 2
 
 
@@ -119,5 +120,5 @@ def test_a_free_init_method_port_works():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    summary = train_dist(tiny_cfg("bp", 2, init_method=f"tcp://127.0.0.1:{port}", epochs=1))
+    summary = train(tiny_cfg("bp", 2, init_method=f"tcp://127.0.0.1:{port}", epochs=1))
     assert summary["world_size"] == 2

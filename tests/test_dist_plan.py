@@ -8,12 +8,26 @@ import torch
 
 from dist_cases import tiny_cfg
 from torchdecoupled.build import build_run, build_stage
-from torchdecoupled.engines.dist_plan import MessagePlan, feature_shapes
-from torchdecoupled.engines.dist_layout import Layout, ReplicaBatches
+from torchdecoupled.engines.dist_feed import split_slices
+from torchdecoupled.engines.dist_layout import Layout
+from torchdecoupled.engines.dist_plan import Boundary, MessagePlan
 from torchdecoupled.methods import METHODS
 from torchdecoupled.schedule import run_tick
 from torchdecoupled.transport import LocalTransport
 from torchdecoupled.worker import Worker
+
+
+def boundaries(modules, x):
+    out = []
+    with torch.no_grad():
+        for m in modules:
+            x = m.eval()(x[:1])
+            out.append(Boundary.of(x))
+    return out
+
+
+def sizes(run):
+    return lambda b: len(run.batches.indices(b))
 
 
 class RecordingTransport(LocalTransport):
@@ -35,40 +49,47 @@ def test_plan_is_what_the_simulator_sends(name, K):
     workers = [Worker(s, run.schedule, run.batches, transport) for s in stages]
     for t in range(run.schedule.num_ticks):
         run_tick(run.schedule, t, lambda a: workers[a.stage].ready(a), lambda a: workers[a.stage].run(a))
-    plan = MessagePlan(run.schedule, {}, feature_shapes(run.modules, run.batches.x), run.batches, 0, 1, 10, 4)
+    plan = MessagePlan(run.schedule, {}, boundaries(run.modules, run.batches.x), sizes(run), [4, 4, 2], 0)
     for src in range(K):
         for dst in (src - 1, src + 1):
             if 0 <= dst < K:
-                planned = [(key, *plan.shape(key)) for key in plan.between(src, dst)]
+                planned = [(key, *plan.shapes(key)[0]) for key in plan.between(src, dst)]
                 assert planned == transport.sent[src, dst], (src, dst)
 
 
 def test_plan_puts_evaluation_chunks_after_their_tick():
     cfg = tiny_cfg("fdg", 2, epochs=2, batch_size=1000)  # 4 batches per epoch
     run = build_run(cfg)
-    plan = MessagePlan(run.schedule, {4: 0, 8: 1}, feature_shapes(run.modules, run.batches.x), run.batches,
-                       0, 1, 2500, 1000)
+    plan = MessagePlan(run.schedule, {4: 0, 8: 1}, boundaries(run.modules, run.batches.x), sizes(run),
+                       [1000, 1000, 500], 0)
     keys = list(plan.between(0, 1))
     assert [k[0] + str(k[3]) for k in keys] == (["act0", "act1", "act2", "act3", "act4", "eval0", "eval1",
                                                  "eval2", "act5", "act6", "act7", "eval3", "eval4", "eval5"])
-    assert [plan.shape(k)[0][0] for k in keys if k[0] == "eval"] == [1000, 1000, 500] * 2
+    assert [plan.shapes(k)[0][0][0] for k in keys if k[0] == "eval"] == [1000, 1000, 500] * 2
     assert list(plan.between(1, 0)) == [("grad", 1, 0, b) for b in range(8)]  # no evaluation goes down
 
 
 @pytest.mark.parametrize("D", [2, 3])
-def test_replica_slices_match_the_plan(D):
-    run = build_run(tiny_cfg("fdg", 2, epochs=1, batch_size=600))
-    for r in range(D):
-        plan = MessagePlan(run.schedule, {}, [((4,), torch.float64)] * 2, run.batches, r, D, 10, 4)
-        mine = ReplicaBatches(run.batches, r, D)
-        for b in range(run.schedule.num_batches):
-            assert plan.batch_len(b) == len(run.batches.indices(b))
-            x, y = mine.get(b)
-            assert x.shape[0] == y.shape[0] == plan.slice_len(b)
-    full_x, full_y = run.batches.get(3)
-    parts = [ReplicaBatches(run.batches, r, D).get(3) for r in range(D)]
-    assert torch.equal(torch.cat([p[0] for p in parts]), full_x)
-    assert torch.equal(torch.cat([p[1] for p in parts]), full_y)
+def test_replica_slices_cover_the_batch(D):
+    x, y = torch.arange(13.0).view(13, 1), {"t": torch.arange(13), "m": torch.ones(13, 2, dtype=torch.bool)}
+    xs, ys = split_slices(x, D), split_slices(y, D)
+    assert [len(p) for p in xs] == [len(p) for p in torch.arange(13).tensor_split(D)]  # the first 13 % D get one more
+    assert torch.equal(torch.cat(xs), x)
+    assert torch.equal(torch.cat([p["t"] for p in ys]), y["t"]) and all(p["m"].shape[1] == 2 for p in ys)
+
+
+def test_a_structured_boundary_travels_as_its_leaves():
+    out = (torch.zeros(5, 3), {"mask": torch.ones(5, 2, dtype=torch.bool), "skip": torch.zeros(5, 4)})
+    bd = Boundary.of(out)
+    assert bd.grads == [0, 2]  # the floating leaves carry gradients; the mask does not
+    plan = MessagePlan(None, {}, [bd, bd], lambda b: 5, [], 0)
+    act, grad = ("act", 0, 1, 0), ("grad", 1, 0, 0)
+    assert [s for s, _ in plan.shapes(act)] == [(5, 3), (5, 2), (5, 4)]
+    assert [s for s, _ in plan.shapes(grad)] == [(5, 3), (5, 4)]
+    back = plan.unflatten(grad, plan.flatten(grad, (out[0], {"mask": None, "skip": out[1]["skip"]})))
+    assert back[1]["mask"] is None and back[1]["skip"] is out[1]["skip"]
+    with pytest.raises(RuntimeError, match="same structure for every batch"):
+        plan.flatten(act, out[0])
 
 
 def test_rank_layout():

@@ -9,7 +9,7 @@ import torch
 from dist_cases import TORCHRUN, torchrun_two_nodes
 from torchdecoupled.config import RunConfig
 from torchdecoupled.data import load_dataset
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")

@@ -13,7 +13,7 @@ from torchdecoupled.heads import AuxHead, make_head
 from torchdecoupled.methods import get_method
 from torchdecoupled.schedule import Schedule
 from torchdecoupled.stage import Stage
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 CUTS = [2, 4, 6]
 

@@ -30,6 +30,42 @@ def test_adl_k1_equals_gradient_accumulation(M):
     assert_same_params(model, plain_loop(13, accumulate=M))
 
 
+def one_cycle(total):
+    return lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.3, total_steps=total)
+
+
+@pytest.mark.parametrize("name", ["bp", "fdg"])
+def test_per_step_scheduler_k1_equals_plain_loop(name):
+    N = 14
+    model, stages = train_sim(name, 1, num_batches=N, scheduler=one_cycle(N), scheduler_interval="step")
+    batches, plain = tiny_data(), tiny_model()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    sched = one_cycle(N)(opt)
+    for b in range(N):
+        x, y = batches.get(b)
+        nn.functional.cross_entropy(plain(x), y).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    assert stages[0].optimizer.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert_same_params(model, plain)
+
+
+def test_per_step_scheduler_steps_with_each_update_of_its_stage():
+    # ADL, M = 2: 13 batches give 7 updates per stage (the last window partial), one scheduler step each
+    step = lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)  # noqa: E731
+    _, stages = train_sim("adl", 3, num_batches=13, accumulate=2, scheduler=step, scheduler_interval="step")
+    assert [s.num_updates for s in stages] == [7, 7, 7]
+    assert all(s.optimizer.param_groups[0]["lr"] == 0.1 * 0.5 ** 7 for s in stages)
+    _, stages = train_sim("adl", 3, num_batches=12, accumulate=2, scheduler=step)  # "epoch": 6 batches each
+    assert all(s.optimizer.param_groups[0]["lr"] == 0.1 * 0.5 ** 2 for s in stages)
+
+
+def test_unknown_scheduler_interval():
+    with pytest.raises(ValueError, match="scheduler_interval 'batch' .*epoch, step"):
+        train_sim("bp", 1, scheduler_interval="batch")
+
+
 def _snapshots_and_grads(name, K, num_batches, **opts):
     """Train, recording every stage's weights after each tick and the gradient each U applies."""
     batches = tiny_data()

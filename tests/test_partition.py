@@ -11,12 +11,15 @@ from torchdecoupled import partition
 from torchdecoupled.partition import balance_costs, describe, layer_costs, split, stage_costs
 
 
-def brute_force(costs, num_stages, recompute=False):
-    """Every contiguous partition, ranked by (max stage cost, sum of squares, boundaries)."""
+def brute_force(costs, num_stages, recompute=False, trainable=None):
+    """Every contiguous partition (where each stage holds a trainable layer, if flags are given), ranked by
+    (max stage cost, sum of squares, boundaries)."""
     n = len(costs)
     best = None
     for cuts in itertools.combinations(range(1, n), num_stages - 1):
         edges = [0, *cuts, n]
+        if trainable is not None and not all(any(trainable[a:b]) for a, b in zip(edges, edges[1:])):
+            continue
         stages = []
         for k, (a, b) in enumerate(zip(edges, edges[1:])):
             last = k == num_stages - 1
@@ -62,6 +65,30 @@ def test_balance_costs_matches_brute_force(recompute):
         worst, squares, best_cuts = brute_force(costs, k, recompute)
         assert max(stage_costs(costs, cuts, recompute)) == worst, (costs, k)
         assert cuts == best_cuts, (costs, k)
+
+
+def test_balance_costs_with_trainable_flags_matches_brute_force():
+    rng = random.Random(4321)
+    for _ in range(200):
+        n = rng.randint(1, 8)
+        trainable = [rng.random() < 0.6 for _ in range(n)]
+        if not any(trainable):
+            continue
+        k = rng.randint(1, sum(trainable))
+        costs = [rng.randint(0, 9) if t else rng.choice([0, 0, 3]) for t in trainable]
+        cuts = balance_costs(costs, k, trainable=trainable)
+        edges = [0, *cuts, n]
+        assert all(any(trainable[a:b]) for a, b in zip(edges, edges[1:])), (costs, trainable, k)
+        assert cuts == brute_force(costs, k, trainable=trainable)[2], (costs, trainable, k)
+
+
+def test_all_flags_set_changes_nothing():
+    rng = random.Random(7)
+    for _ in range(50):
+        n = rng.randint(1, 8)
+        k = rng.randint(1, n)
+        costs = [rng.randint(0, 9) for _ in range(n)]
+        assert balance_costs(costs, k, trainable=[True] * n) == balance_costs(costs, k)
 
 
 def test_pairs_without_recompute_sum_forward_and_backward():
@@ -139,13 +166,13 @@ def test_split_params_balance():
 
 def test_split_uniform():
     assert [len(s) for s in split(mlp(), 3, balance="uniform")] == [2, 3, 3]
-    assert [len(s) for s in split(mlp(), 8, balance="uniform")] == [1] * 8
+    assert [len(s) for s in split(mlp(), 4, balance="uniform")] == [2] * 4
 
 
 def test_split_time_uses_the_recompute_cost(monkeypatch):
     table = [(1.0, 2.0)] * 8
     monkeypatch.setattr(partition, "layer_costs", lambda layers, sample, repeats: table)
-    layers = [nn.Identity() for _ in range(8)]
+    layers = [nn.Linear(1, 1) for _ in range(8)]
     sample = torch.zeros(1)
     assert [len(s) for s in split(layers, 2, balance="time", sample=sample)] == [4, 4]
     assert [len(s) for s in split(layers, 2, balance="time", sample=sample,
@@ -160,6 +187,53 @@ def test_describe():
     assert lines[1].split() == ["0", "0-1", "2", "40"]
     assert lines[2].split() == ["1", "2-4", "3", "144"]
     assert lines[3].split() == ["2", "5-7", "3", "18"]
+
+
+# --- parameter-free layers join a neighbour ------------------------------------------------------
+
+def frozen(layer):
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    return layer
+
+
+def test_uniform_never_makes_a_parameter_free_stage():
+    layers = [nn.ReLU(), nn.Flatten(), nn.Linear(2, 2), nn.Linear(2, 2)]
+    assert balance_costs([1] * 4, 2) == [2]  # unconstrained: ReLU, Flatten alone
+    assert [len(s) for s in split(layers, 2, balance="uniform")] == [3, 1]
+
+
+def test_params_balance_never_makes_a_stage_of_frozen_layers():
+    # a frozen layer has parameters (it costs) but nothing to train: unconstrained it would be stage 0
+    layers = [frozen(nn.Linear(10, 9)), nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)]
+    assert balance_costs([99, 6, 6, 6], 3) == [1, 2]
+    assert [len(s) for s in split(layers, 3, balance="params")] == [2, 1, 1]
+
+
+def test_time_balance_never_isolates_a_slow_parameter_free_layer(monkeypatch):
+    table = [(1.0, 0.0), (10.0, 0.0), (1.0, 0.0), (1.0, 0.0)]
+    monkeypatch.setattr(partition, "layer_costs", lambda layers, sample, repeats: table)
+    layers = [nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1), nn.Linear(1, 1)]
+    assert balance_costs(table, 3) == [1, 2]  # unconstrained: the slow ReLU alone
+    assert [len(s) for s in split(layers, 3, balance="time", sample=torch.zeros(1))] == [1, 2, 1]  # ties: earliest
+
+
+def test_explicit_boundaries_with_a_parameter_free_stage_are_refused():
+    with pytest.raises(ValueError) as info:
+        split(mlp(), 3, boundaries=[1, 2])
+    msg = str(info.value)
+    for needle in ["stage 1", "1 (ReLU)", "without trainable parameters", "boundaries [2, 5]"]:
+        assert needle in msg
+    assert [len(s) for s in split(mlp(), 3, boundaries=[2, 5])] == [2, 3, 3]  # the suggestion is valid
+
+
+def test_too_few_parameterised_layers():
+    with pytest.raises(ValueError, match="at most 4 stages"):
+        split(mlp(), 5)  # 8 layers, 4 of them Linear
+    with pytest.raises(ValueError, match="at most 1 stages"):
+        balance_costs([1, 1, 1], 2, trainable=[False, True, False])
+    with pytest.raises(ValueError, match="nothing to train"):
+        split([nn.ReLU(), frozen(nn.Linear(2, 2))], 1)
 
 
 # --- errors name the offending value -------------------------------------------------------------

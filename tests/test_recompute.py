@@ -14,7 +14,7 @@ from torch import nn
 from conftest import assert_same_params, cut_stages, plain_loop, tiny_data, tiny_model
 from torchdecoupled.config import RunConfig
 from torchdecoupled.engines.sim import run_sim
-from torchdecoupled.train import train
+from torchdecoupled.run import train
 
 
 def bn_dropout_model(seed=0):

@@ -1,11 +1,9 @@
-"""Build a run from its configuration: data, model, partition, and one Stage per stage.
-
-Every process of a distributed run calls the same functions with the same seed, so every stage starts
-from the same weights as in the simulator.
-"""
+"""A CLI run's configuration turned into Python objects: the zoo's data and model, the optimizer and
+scheduler factories, the partition, and the ``Pipeline`` that trains them (``run.train`` calls it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -16,9 +14,9 @@ from .data import load_dataset
 from .data.batches import Batches
 from .methods import Method, get_method
 from .models import build_model
-from .partition import split
 from .schedule import Schedule
 from .stage import Stage
+from .stagespec import StageSpec
 
 
 @dataclass
@@ -32,6 +30,7 @@ class Run:
 
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    params = list(params)
     name = cfg.optimizer.lower()
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -61,7 +60,11 @@ def parse_partition(spec: str) -> dict:
                          f"'3,6')") from None
 
 
-def build_run(cfg: RunConfig) -> Run:
+def build_pipeline(cfg: RunConfig) -> tuple:
+    """A CLI run as Python objects: (Pipeline, dataset, training Batches). The zoo's model is built
+    under ``torch.manual_seed(cfg.seed)``; every process that builds it gets the same weights."""
+    from .pipeline import Pipeline
+
     cfg = cfg.resolved()
     dtype = getattr(torch, cfg.dtype)
     method = get_method(cfg.method, **cfg.method_opts)
@@ -69,31 +72,40 @@ def build_run(cfg: RunConfig) -> Run:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_shape, **cfg.model_opts).to(dtype)
     batches = Batches(data.train_x.to(dtype), data.train_y, cfg.batch_size, cfg.seed, augment=data.augment)
-    sample = None
     part = parse_partition(cfg.partition or method.partition)  # None: the method's default
     recompute = method.activations == "recompute"
     if part.get("balance") == "time":
-        sample = batches.get(0)[0]
+        part["sample"] = batches.get(0)[0]
     if part.get("balance") == "flops":  # DTRP's batch compensation (compensate.py): FLOPs, deterministic
         part = {"boundaries": flop_boundaries(model, cfg.stages, batches.get(0)[0][:2], recompute=recompute)}
-    modules = split(model, cfg.stages, sample=sample, recompute=recompute, **part)
-    schedule = Schedule(method.family, cfg.stages, cfg.epochs * batches.per_epoch, method.order, method.accumulate)
-    return Run(cfg, method, schedule, data, batches, modules)
+    opts = dict(cfg.method_opts)
+    head = opts.pop("head", None)
+    local = method.family == "local"
+    pipe = Pipeline(model, cfg.method, cfg.stages, optimizer=partial(make_optimizer, cfg),
+                    scheduler=partial(make_scheduler, cfg), seed=cfg.seed, head=head,
+                    num_classes=data.num_classes if local else None, engine=cfg.engine, replicas=cfg.replicas,
+                    device=cfg.device, backend=cfg.backend, timeout=cfg.timeout, init_method=cfg.init_method,
+                    threads=cfg.threads or 1, trace=cfg.trace, **part, **opts)
+    return pipe, data, batches
+
+
+def build_run(cfg: RunConfig) -> Run:
+    """The simulator's parts of a CLI run, for tests and benchmarks that drive stages themselves."""
+    cfg = cfg.resolved()
+    pipe, data, batches = build_pipeline(cfg)
+    m = pipe.method
+    schedule = Schedule(m.family, cfg.stages, cfg.epochs * batches.per_epoch, m.order, m.accumulate)
+    return Run(cfg, m, schedule, data, batches, pipe.modules)
 
 
 def build_stage(run: Run, k: int, device: torch.device | str = "cpu") -> Stage:
     cfg, method = run.config, run.method
     module = run.modules[k].to(device)
     head = None
-    if method.family == "local" and k < cfg.stages - 1:  # sized by batch 0; shared with the Python API
+    if method.family == "local" and k < cfg.stages - 1:  # sized by batch 0, as the Pipeline does
         from .heads import stage_head
         head = stage_head(method.head, run.modules, k, run.batches.get(0)[0], run.dataset.num_classes,
                           seed=cfg.seed)
-    params = list(module.parameters()) + (list(head.parameters()) if head is not None else [])
-    opt = make_optimizer(cfg, params)
-    predictor = None
-    if method.predictor != "none":
-        from .predict import make_predictor
-        predictor = make_predictor(method.predictor)
-    return Stage(k, run.schedule, method, module, opt, scheduler=make_scheduler(cfg, opt), head=head,
-                 predictor=predictor, seed=cfg.seed, batches_per_epoch=run.batches.per_epoch)
+    spec = StageSpec(k, module, method, partial(make_optimizer, cfg), partial(make_scheduler, cfg), seed=cfg.seed,
+                     head=head)
+    return spec.build(run.schedule, run.batches.per_epoch)

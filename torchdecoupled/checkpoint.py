@@ -23,8 +23,8 @@ import os
 import torch
 from torch.utils._pytree import tree_map
 
+from .boundary import clone_tree, require_grad
 from .methods import get_method
-from .partition import cut_points
 from .stage import InFlight, Stage
 from .transport import LocalTransport
 
@@ -47,7 +47,7 @@ def stage_state(s: Stage) -> dict:
     for b, r in s.inflight.items():
         if r.params is not None:
             snaps.setdefault(r.version, [p.detach().clone() for p in r.params])
-        x = r.x.detach().clone() if r.x is not None else None
+        x = clone_tree(r.x)  # a Tensor or a pytree of them
         records[b] = {"version": r.version, "x": x, "stash": r.params is not None, "nbytes": r.nbytes}
     return {
         "module": s.module.state_dict(), "optimizer": s.optimizer.state_dict(),
@@ -68,7 +68,7 @@ def _rebuild(s: Stage, b: int, rec: dict, snaps: dict) -> InFlight:
         return InFlight(rec["version"], x, None, None, rec["nbytes"])
     weights = snaps[rec["version"]] if rec["stash"] else None
     if s.sends_grad:
-        x = x.detach().requires_grad_(True)
+        x = require_grad(x)
     buffers = {n: t.clone() for n, t in s.module.named_buffers()}
     with s._rng(b):
         root = s._call(x, weights, buffers)
@@ -211,9 +211,9 @@ def _check_epochs(state: dict, old: int, cfg, path: str) -> None:
                          f"{cfg.epochs}, but {why}: resume with --epochs {fix}")
 
 
-def check_boundaries(state: dict, modules, path: str, partition: str | None = None) -> None:
+def check_boundaries(state: dict, cuts: list[int], path: str, partition: str | None = None) -> None:
     """The stages must be cut where the checkpoint's were (their state dicts must fit)."""
-    want, got = state.get("boundaries"), cut_points(modules)
+    want, got = state.get("boundaries"), list(cuts)
     if want is not None and list(want) != got:
         raise ValueError(f"checkpoint {path!r} cut the model at {list(want)} but this run cuts it at {got} "
                          f"(--partition {partition}): resume with --partition {','.join(map(str, want))}")

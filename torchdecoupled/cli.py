@@ -68,7 +68,7 @@ def _config(a, method: str, out: str | None) -> RunConfig:
 
 
 def cmd_train(a) -> int:
-    from .train import train
+    from .run import train
     s = train(_config(a, a.method, a.out))
     if s is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
@@ -79,7 +79,7 @@ def cmd_train(a) -> int:
 
 def cmd_compare(a) -> int:
     """Train several methods with the same seed, data and epochs; print a table beside BP."""
-    from .train import train
+    from .run import train
     import os
     rows = []
     for name in a.methods.split(","):

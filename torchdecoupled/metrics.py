@@ -21,13 +21,15 @@ def params_sha256(modules: Sequence[torch.nn.Module]) -> str:
 
 
 def epoch_record(epoch: int, per_stage: Sequence[dict], evals: dict, elapsed: float, **extra) -> dict:
-    """Merge what every stage collected in an epoch (stage order) with the evaluation."""
+    """Merge what every stage collected in an epoch (stage order) with the evaluation. ``train_acc`` =
+    correct / targets, only where the last stage counted targets (accuracy applies: Stage.collect)."""
     last = per_stage[-1]
     n = max(last.get("samples", 0), 1)
+    acc = {"train_acc": last["correct"] / max(last["targets"], 1)} if "targets" in last else {}
     rec = {
         "epoch": epoch,
         "train_loss": last.get("loss_sum", float("nan")) / n,
-        "train_acc": last.get("correct", 0) / n,
+        **acc,
         **evals,
         "staleness": {"mean": [s["tau_mean"] for s in per_stage], "max": [s["tau_max"] for s in per_stage]},
         "stored_bytes_peak": [s["peak_bytes"] for s in per_stage],
@@ -70,3 +72,11 @@ class MetricsWriter:
         if self.out:
             with open(os.path.join(self.out, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
+
+
+def progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar of ticks on stderr, or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="tick", leave=False, dynamic_ncols=True)

@@ -8,6 +8,11 @@ b_{K-1} = L):
 - ``balance="params"``: minimise the largest per-stage parameter count;
 - ``balance="time"``: minimise the largest per-stage forward + backward time measured on a sample.
 
+Every stage gets at least one layer with trainable parameters: parameter-free layers (ReLU, Flatten,
+Dropout) join a neighbour, never form a stage of their own (such a stage would have nothing to train and
+no optimizer). ``balance_costs`` takes that as a constraint (``trainable``), explicit boundaries that break
+it are refused.
+
 The min-max problem is solved exactly by dynamic programming (``balance_costs``, pure Python).
 Ties are broken deterministically: among the partitions with the smallest maximum, the one with the
 smallest sum of squared stage costs (the most even), then the one with the earliest cuts (earlier
@@ -44,68 +49,83 @@ def split(model: nn.Sequential | Sequence[nn.Module], num_stages: int, *,
 
     ``boundaries`` (K-1 increasing cut points) take precedence over ``balance``. Stage children keep
     the names they had in ``model`` (list input: their global index), so stage state_dict keys match.
+    Every stage holds a layer with trainable parameters (a ValueError where that is impossible, or where
+    ``boundaries`` leave a stage without one).
     """
     named = _named_layers(model)
     n = len(named)
     _check_counts(n, num_stages)
     if balance not in BALANCES:
         raise ValueError(f"unknown balance {balance!r} (valid: {', '.join(BALANCES)})")
+    trainable = [_trainable(m) for _, m in named]
+    _check_trainable(trainable, num_stages)
     if boundaries is not None:
         cuts = _check_boundaries(boundaries, n, num_stages)
+        _check_every_stage_trains(named, trainable, cuts)
     elif balance == "uniform":
-        cuts = balance_costs([1] * n, num_stages)
+        cuts = balance_costs([1] * n, num_stages, trainable=trainable)
     elif balance == "params":
-        cuts = balance_costs([_num_params(m) for _, m in named], num_stages)
+        cuts = balance_costs([_num_params(m) for _, m in named], num_stages, trainable=trainable)
     else:
         if sample is None:
             raise ValueError("balance='time' measures each layer on a batch: pass sample=<an input "
                              "batch for the first layer> (or use balance='params')")
         cuts = balance_costs(layer_costs([m for _, m in named], sample, repeats),
-                             num_stages, recompute=recompute)
+                             num_stages, recompute=recompute, trainable=trainable)
     edges = [0, *cuts, n]
     return [nn.Sequential(OrderedDict(named[a:b])) for a, b in zip(edges, edges[1:])]
 
 
 def balance_costs(costs: Sequence[float] | Sequence[tuple[float, float]], num_stages: int,
-                  recompute: bool = False) -> list[int]:
+                  recompute: bool = False, trainable: Sequence[bool] | None = None) -> list[int]:
     """Boundaries (K-1 cut points) of the contiguous partition minimising the largest stage cost.
 
     ``costs`` holds one number per layer, or one (forward, backward) pair per layer. A stage costs
     the sum of its layers' F + B; with ``recompute=True`` stages k < K-1 cost F + F + B (pairs needed).
+    ``trainable`` (one flag per layer): only partitions where every stage holds a flagged layer (None:
+    every layer counts, so every non-empty stage is allowed).
     Exact: O(K L^2). Ties: smallest sum of squared stage costs, then earliest cuts.
     """
     mid, last = _prefix_sums(costs, recompute)
     n = len(mid) - 1
     _check_counts(n, num_stages)
+    if trainable is not None and len(trainable) != n:
+        raise ValueError(f"trainable has {len(trainable)} flags for {n} layers: give one per layer")
+    # held[j]: flagged layers in layers[:j]; with every layer flagged held[j] = j
+    held = [0, *itertools.accumulate(map(bool, trainable))] if trainable is not None else list(range(n + 1))
+    _check_trainable(trainable, num_stages)
 
     def cost(i: int, j: int, k: int) -> float:  # layers[i:j] as a stage with k stages left
         prefix = last if k == 1 else mid
         return prefix[j] - prefix[i]
 
+    def ends(i: int, k: int) -> list[int]:  # ends j of a stage layers[i:j] holding a flagged layer, with
+        # a flagged layer left in layers[j:] for each of the k - 1 stages after it
+        return [j for j in range(i + 1, n - k + 2) if held[j] > held[i] and held[n] - held[j] >= k - 1]
+
     # worst[k][i]: smallest max stage cost of layers[i:] cut into k stages (the last one is the end).
     inf = float("inf")
     worst = [[inf] * (n + 1) for _ in range(num_stages + 1)]
     for i in range(n):
-        worst[1][i] = cost(i, n, 1)
+        worst[1][i] = cost(i, n, 1) if held[n] > held[i] else inf
     for k in range(2, num_stages + 1):
         for i in range(n - k + 1):
-            worst[k][i] = min(max(cost(i, j, k), worst[k - 1][j]) for j in range(i + 1, n - k + 2))
+            worst[k][i] = min((max(cost(i, j, k), worst[k - 1][j]) for j in ends(i, k)), default=inf)
     bound = worst[num_stages][0]
 
     # squares[k][i]: smallest sum of squared stage costs of such a cut with every stage <= bound.
     squares = [[inf] * (n + 1) for _ in range(num_stages + 1)]
     for i in range(n):
         c = cost(i, n, 1)
-        squares[1][i] = c * c if c <= bound else inf
+        squares[1][i] = c * c if c <= bound and held[n] > held[i] else inf
     for k in range(2, num_stages + 1):
         for i in range(n - k + 1):
-            squares[k][i] = min(_square_step(cost(i, j, k), squares[k - 1][j], bound)
-                                for j in range(i + 1, n - k + 2))
+            squares[k][i] = min((_square_step(cost(i, j, k), squares[k - 1][j], bound) for j in ends(i, k)),
+                                default=inf)
 
     cuts, i = [], 0
     for k in range(num_stages, 1, -1):  # earliest cut that keeps the optimum
-        i = next(j for j in range(i + 1, n - k + 2)
-                 if _square_step(cost(i, j, k), squares[k - 1][j], bound) == squares[k][i])
+        i = next(j for j in ends(i, k) if _square_step(cost(i, j, k), squares[k - 1][j], bound) == squares[k][i])
         cuts.append(i)
     return cuts
 
@@ -208,6 +228,35 @@ def _check_boundaries(boundaries: Sequence[int], num_layers: int, num_stages: in
             raise ValueError(f"boundaries {cuts} are not strictly increasing ({cuts[k - 1]} then "
                              f"{b}) and would leave stage {k} empty: {hint}")
     return cuts
+
+
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _check_trainable(trainable: Sequence[bool] | None, num_stages: int) -> None:
+    if trainable is None:
+        return
+    count = sum(map(bool, trainable))
+    if count == 0:
+        raise ValueError(f"no layer of the model (of {len(trainable)}) has trainable parameters: there is nothing "
+                         f"to train; set requires_grad=True on some")
+    if count < num_stages:
+        raise ValueError(f"cannot cut a model with {count} layers with trainable parameters (of {len(trainable)} "
+                         f"layers) into {num_stages} stages: every stage needs one, so it can be cut into at "
+                         f"most {count} stages; use --stages <= {count}")
+
+
+def _check_every_stage_trains(named, trainable: list[bool], cuts: list[int]) -> None:
+    """Explicit boundaries: every stage must hold a layer with trainable parameters."""
+    edges = [0, *cuts, len(named)]
+    for k, (a, b) in enumerate(zip(edges, edges[1:])):
+        if not any(trainable[a:b]):
+            layers = ", ".join(f"{name} ({type(m).__name__})" for name, m in named[a:b])
+            valid = balance_costs([1] * len(named), len(cuts) + 1, trainable=trainable)
+            raise ValueError(f"boundaries {cuts} leave stage {k} (layers {layers}) without trainable parameters: "
+                             f"every stage needs a layer with parameters; move the cut so that parameter-free "
+                             f"layers join a neighbour, e.g. boundaries {valid}")
 
 
 def _prefix_sums(costs, recompute: bool) -> tuple[list[float], list[float]]:

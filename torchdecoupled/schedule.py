@@ -251,3 +251,11 @@ def format_grid(schedule: Schedule, max_ticks: int | None = None) -> str:
     how += f", accumulate {schedule.accumulate}" if schedule.accumulate > 1 else ""
     lines.append(f"delay d_k = [{d}]   ({how})")
     return "\n".join(lines)
+
+
+def eval_ticks(schedule: Schedule, per_epoch: int, epochs: int) -> dict[int, int]:
+    """tick -> epoch whose evaluation follows that tick: after the tick in which the last stage computes
+    the loss of the epoch's last batch; the final epoch after the pipeline drains."""
+    ticks = {schedule.loss_tick((e + 1) * per_epoch - 1): e for e in range(epochs - 1)}
+    ticks[schedule.num_ticks - 1] = epochs - 1
+    return ticks

@@ -13,7 +13,11 @@ delayed backward differentiates"):
   dropout masks (every forward of batch b draws from a generator seeded by (seed, stage, b)).
 
 Gradients are taken with ``torch.autograd.grad`` and summed into ``p.grad`` (ADL accumulates M of them);
-``update()`` steps the optimizer and clears them.
+``update()`` steps the optimizer and clears them, and the LR scheduler once per epoch or once per update.
+
+A stage's input and output are a Tensor or a pytree of tensors; ``boundary.py`` says what travels with
+which gradient. The last stage's ``criterion(outputs, targets)`` may take any outputs and targets; the
+sample count and accuracy follow ``evaluation.py``.
 """
 from __future__ import annotations
 
@@ -25,8 +29,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .boundary import batch_size, detach_tree, grad_leaves, grad_tree, leaves, map_tensors, nbytes, pairs
+from .boundary import require_grad, to_device
+from .evaluation import accuracy_counts
 from .methods import Method
 from .schedule import Schedule
+
+SCHEDULER_INTERVALS = ("epoch", "step")
 
 
 @contextlib.contextmanager
@@ -49,8 +58,9 @@ def saved_bytes(skip):
 @dataclass
 class InFlight:
     version: int                        # updates made before the forward
-    x: torch.Tensor | None              # stage input (kept for recompute, or a leaf whose grad goes down)
-    root: torch.Tensor | None           # output or loss, with its graph (None under recompute)
+    x: object                           # stage input, a Tensor or pytree (kept for recompute, or leaves whose
+                                        # grads go down)
+    root: object                        # output (Tensor or pytree) or loss, with its graph (None: recompute)
     params: list[torch.Tensor] | None   # the weight snapshot the forward used (stash with delay)
     nbytes: int = 0                     # stored activation / input bytes (snapshot counted separately)
 
@@ -58,7 +68,8 @@ class InFlight:
 @dataclass
 class Telemetry:
     staleness: list[tuple[int, int]] = field(default_factory=list)   # (batch, tau)
-    losses: list[tuple[int, torch.Tensor, torch.Tensor, int]] = field(default_factory=list)  # (b, loss, correct, n)
+    # (b, loss, correct, n samples, number of targets); correct and targets None where accuracy does not apply
+    losses: list[tuple[int, torch.Tensor, torch.Tensor | None, int, int | None]] = field(default_factory=list)
     peak_bytes: int = 0                  # peak stored bytes over the run
     epoch_peak_bytes: int = 0            # peak since the last collect
 
@@ -68,10 +79,15 @@ class Stage:
                  optimizer: torch.optim.Optimizer, *, scheduler=None,
                  criterion: Callable | None = None, head: nn.Module | None = None,
                  predictor: Callable | None = None, seed: int = 0, batches_per_epoch: int = 1,
-                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None):
+                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
+                 scheduler_interval: str = "epoch"):
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ValueError(f"unknown scheduler_interval {scheduler_interval!r} (valid: "
+                             f"{', '.join(SCHEDULER_INTERVALS)})")
         K = schedule.num_stages
         self.index, self.schedule, self.method = index, schedule, method
         self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.scheduler_interval = scheduler_interval  # "epoch": after an epoch's last gradient; "step": every U
         self.criterion = criterion if criterion is not None else nn.functional.cross_entropy
         self.head, self.predictor = head, predictor
         self.grad_sync = grad_sync  # replicas: average p.grad across the stage's data-parallel group
@@ -138,64 +154,73 @@ class Stage:
         return sum(r.nbytes for r in self.inflight.values()) + sum(snaps.values())
 
     # ---- F, B, U -------------------------------------------------------------------------------
-    def forward(self, b: int, x: torch.Tensor, y: torch.Tensor | None = None,
-                x0: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Forward batch b; return the activation to send up (detached), or None at the last stage."""
-        x = x.to(self.device, non_blocking=True)
+    def forward(self, b: int, x, y=None, x0: torch.Tensor | None = None):
+        """Forward batch b (x: a Tensor or a pytree of tensors); return the activation to send up, detached,
+        with the structure the module returned, or None at the last stage."""
+        x = to_device(x, self.device)
         if self.recompute:
             weights = None
             if self.predictor is not None:
                 weights = self.predictor(self, self.schedule.staleness(self.index, b))
             with torch.no_grad(), self._rng(b):
                 out = self._call(x, weights)
-            self.inflight[b] = InFlight(self.num_updates, x, None, None, x.nbytes)
+            self.inflight[b] = InFlight(self.num_updates, x, None, None, nbytes(x))
             self._track_bytes()
             return out
         if self.sends_grad:
-            x = x.detach().requires_grad_(True)
+            x = require_grad(x)
         weights = self._snapshot_params() if self.delayed else None
         with saved_bytes(weights or self.params) as saved, self._rng(b):
             out = self._call(x, weights)
-            root, send = out, out.detach()
+            root, send = out, detach_tree(out)
             if self.is_last:
                 root, send = self._loss(b, out, y), None
             elif self.is_local:
+                if not isinstance(out, torch.Tensor):
+                    raise ValueError(f"stage {self.index} returns a {type(out).__name__}, but the auxiliary head of "
+                                     f"a local-learning method takes a Tensor: cut where a Tensor crosses, or "
+                                     f"use a method without heads")
                 root = self.head.loss(out, y.to(self.device), x0.to(self.device) if x0 is not None else None)
-        saved.setdefault(out.untyped_storage().data_ptr(), out.untyped_storage().nbytes())
+        for t in leaves(out):
+            if isinstance(t, torch.Tensor):
+                saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
         self.inflight[b] = InFlight(self.num_updates, x, root, weights, sum(saved.values()))
         self._track_bytes()
         return send
 
-    def _loss(self, b: int, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        y = y.to(self.device, non_blocking=True)
+    def _loss(self, b: int, out, y) -> torch.Tensor:
+        y = to_device(y, self.device)
         loss = self.criterion(out, y)
-        correct = (out.detach().argmax(1) == y).sum() if out.dim() == 2 else torch.zeros(())
-        self.telemetry.losses.append((b, loss.detach(), correct, y.shape[0]))
+        correct, count = accuracy_counts(out, y) or (None, None)
+        self.telemetry.losses.append((b, loss.detach(), correct, batch_size(y, out), count))
         return loss
 
-    def backward(self, b: int, grad: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Backward batch b with the gradient received from above (None where the stage has its own
-        loss); sum the parameter gradients into p.grad; return the gradient to send down, or None."""
+    def backward(self, b: int, grad=None):
+        """Backward batch b with the gradient received from above (None where the stage has its own loss;
+        else the output's structure, a tensor at each floating leaf, None elsewhere); sum the parameter
+        gradients into p.grad; return the gradient to send down in the input's structure, or None."""
         if b not in self.inflight:
             raise RuntimeError(f"stage {self.index}: backward of batch {b} without its forward")
         rec = self.inflight.pop(b)
         self.telemetry.staleness.append((b, self.num_updates - rec.version))
         self._last_backward = b
-        if (b + 1) % self.batches_per_epoch == 0:
+        if self.scheduler_interval == "epoch" and (b + 1) % self.batches_per_epoch == 0:
             self._sched_steps += 1
         x, root, weights = rec.x, rec.root, rec.params
         if self.recompute:  # re-run the forward with the current weights, BN buffers untouched
-            x = x.detach().requires_grad_(self.sends_grad)
+            x = require_grad(x) if self.sends_grad else detach_tree(x)
             buffers = {n: t.clone() for n, t in self.module.named_buffers()}
             with self._rng(b):
                 root = self._call(x, None, buffers)
-        grad_out = None
+        roots, grad_out = [root], None  # the stage's own loss
         if grad is not None:
-            grad = grad.to(self.device, non_blocking=True)
-            grad_out = grad * self.shrink if self.shrink != 1.0 else grad  # FDG gradient shrinking
+            grad = to_device(grad, self.device)
+            if self.shrink != 1.0:  # FDG gradient shrinking
+                grad = map_tensors(lambda g: g * self.shrink, grad)
+            roots, grad_out = pairs(root, grad)
         params = (weights if weights is not None else self.params) + self.head_params
-        inputs = params + ([x] if self.sends_grad else [])
-        grads = torch.autograd.grad(root, inputs, grad_out, allow_unused=True)
+        inputs = params + (grad_leaves(x) if self.sends_grad else [])
+        grads = torch.autograd.grad(roots, inputs, grad_out, allow_unused=True) if roots else [None] * len(inputs)
         for p, g in zip(self.params + self.head_params, grads[: len(params)]):
             if g is None:
                 continue
@@ -204,7 +229,7 @@ class Stage:
             else:
                 p.grad += g
         self._track_bytes()
-        return grads[-1] if self.sends_grad else None
+        return grad_tree(x, grads[len(params):]) if self.sends_grad else None
 
     def update(self) -> None:
         """Apply the summed gradients (with ADL's warm-up factor), clear them, step the LR schedule."""
@@ -221,6 +246,8 @@ class Stage:
                 g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
+        if self.scheduler_interval == "step":
+            self._sched_steps += 1
         while self._sched_steps:
             self._sched_steps -= 1
             if self.scheduler is not None:
@@ -235,17 +262,19 @@ class Stage:
 
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain forward in eval mode with the current weights."""
+    def predict(self, x):
+        """Plain forward in eval mode with the current weights (x: a Tensor or a pytree)."""
         was = self.module.training
         self.module.eval()
         try:
-            return self.module(x.to(self.device, non_blocking=True))
+            return self.module(to_device(x, self.device))
         finally:
             self.module.train(was)
 
     def collect(self, epoch: int) -> dict:
-        """Pop the telemetry of batches of the given epoch (and earlier)."""
+        """Pop the telemetry of batches of the given epoch (and earlier): staleness, peak stored bytes, lr,
+        and at a stage with a loss ``loss_sum`` (weighted by samples) and ``samples``, plus ``correct`` and
+        ``targets`` (their count) where accuracy applies."""
         t, n = self.telemetry, self.batches_per_epoch
         taus = [tau for b, tau in t.staleness if b // n <= epoch]
         t.staleness = [(b, tau) for b, tau in t.staleness if b // n > epoch]
@@ -258,9 +287,11 @@ class Stage:
             "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else 0.0,
         }
         if losses:
-            n_tot = sum(r[3] for r in losses)
             out["loss_sum"] = float(sum(r[1].item() * r[3] for r in losses))
-            out["correct"] = int(sum(int(r[2]) for r in losses))
-            out["samples"] = n_tot
+            out["samples"] = sum(r[3] for r in losses)
+            scored = [r for r in losses if r[2] is not None]
+            if scored:
+                out["correct"] = int(sum(int(r[2]) for r in scored))
+                out["targets"] = sum(r[4] for r in scored)
         t.epoch_peak_bytes = self.stored_bytes
         return out

@@ -96,23 +96,28 @@ def _ours_config(job: Job):
 
 
 def _run_ours(job: Job, rank: int, rendezvous) -> dict:
-    """One rank of ``--engine dist``: the engine's own StageProcess, on synthetic data of the right size."""
+    """One rank of ``--engine dist``: the Pipeline's own job and stage spec (``Pipeline.dist_parts``) run by
+    the engine's StageProcess, on synthetic data of the right size."""
     from .. import data as data_mod
+    from ..build import build_pipeline
     from ..engines.dist_layout import Layout
     from ..engines.dist_worker import StageProcess
 
-    n_train = job.num_batches * job.batch  # the engine loads "synthetic" by name: give it this size
+    n_train = job.num_batches * job.batch  # the zoo loads "synthetic" by name: give it this size
     data_mod.DATASETS["synthetic"] = lambda root, seed, **kw: data_mod.load_synthetic(
         seed=seed, in_shape=job.in_shape, n_train=n_train, n_test=job.batch)
-    proc = StageProcess(_ours_config(job), Layout(job.stages, 1, rank), "cpu", "gloo", rendezvous)
+    pipe, _, batches = build_pipeline(_ours_config(job))
+    run, specs = pipe.dist_parts(batches.per_epoch, 1)
+    proc = StageProcess(run, Layout(job.stages, 1, rank), specs[rank], "cpu", "gloo", rendezvous,
+                        data=batches if rank == 0 else None)
     clock = proc.schedule = _TickClock(proc.schedule)
     proc.train()
     rec = proc.recorder
     events = [(cat, t0 + rec.origin, t1 + rec.origin) for cat, _, _, t0, t1 in rec.events
               if cat in ("F", "B", "U", "wait", "send")]
-    summary, _ = proc.finish()
-    return {"marks": clock.marks, "events": events,
-            "loss": summary["train_loss"] if summary is not None else None}
+    result = proc.finish()
+    last = result["records"][-1] if result["records"] else {}
+    return {"marks": clock.marks, "events": events, "loss": last.get("train_loss") if rank == 0 else None}
 
 
 def _run_pipe(job: Job, rank: int, rendezvous) -> dict:
@@ -121,7 +126,6 @@ def _run_pipe(job: Job, rank: int, rendezvous) -> dict:
     import torch.distributed as dist
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
     from ..engines.dist_layout import Layout, init_process_group
-    from ..engines.dist_plan import feature_shapes
     from ..partition import split
 
     world = job.world
@@ -134,7 +138,12 @@ def _run_pipe(job: Job, rank: int, rendezvous) -> dict:
     if rank == 0:
         example = data.train_x[:mb].clone()
     else:  # a later stage's input carries a gradient: requires_grad must say so (else a silent hang)
-        shape, dtype = feature_shapes(modules, data.train_x[:1])[rank - 1]
+        with torch.no_grad():
+            h = data.train_x[:1]
+            for m in modules[:rank]:
+                h = m.eval()(h)
+                m.train()
+        shape, dtype = tuple(h.shape[1:]), h.dtype
         example = torch.zeros((mb, *shape), dtype=dtype, requires_grad=True)
     stage = PipelineStage(module, rank, world, torch.device("cpu"), input_args=(example,))
     cls = ScheduleGPipe if PIPE[job.contender] == "gpipe" else Schedule1F1B

@@ -3,26 +3,26 @@
 Each process runs the simulator's loop for its own stage, ``for t in range(num_ticks): for a in
 schedule.actions(t, k): worker.run(a)``, with the same ``Stage``, ``Worker`` and ``Schedule`` code;
 activations go up and gradients go down as point-to-point messages (``dist_transport``). Nothing here
-knows which method runs. Same seed, same config: every stage's parameters equal the simulator's bit
+knows which method runs. Same seed, same data: every stage's parameters equal the simulator's bit
 for bit (CPU, one thread per process, D = 1); see docs/distributed.md.
 
-- ``rank = stage * D + replica`` (``dist_worker``);
-- on one machine ``train_dist`` starts the K x D processes itself (``dist_launch``);
-- under ``torchrun`` (RANK and WORLD_SIZE in the environment) the calling process is one rank: it joins
-  the process group from the environment (or ``cfg.init_method``) and runs its part; WORLD_SIZE must be
-  K x D;
-- rank 0 writes metrics.jsonl, summary.json, timeline.json and timeline.png (``dist_outputs``), and with
-  ``--checkpoint`` the simulator's checkpoint file (``dist_checkpoint``; either engine resumes it).
+``run(job, specs, data, val)`` is the one entry (``Pipeline.fit`` calls it):
+
+- ``rank = stage * D + replica`` (``dist_layout``);
+- in a plain process it starts the K x D processes itself and waits for them (``dist_launch``): each
+  gets its own stage's spec, rank 0 the data;
+- under ``torchrun`` (RANK and WORLD_SIZE in the environment), or inside a process group the caller
+  made, the calling process is one rank and runs its part; the world size must be K x D.
 """
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import sys
 from urllib.parse import urlparse
 
-from .. import checkpoint
-from ..config import RunConfig
+from .dist_job import DistJob
 from .dist_launch import DistributedError, launch
 from .dist_layout import Layout
 from .dist_worker import FAULT_ENV, Fault, StageFailure, run_rank
@@ -30,7 +30,7 @@ from .dist_worker import FAULT_ENV, Fault, StageFailure, run_rank
 BACKENDS = ("gloo", "nccl")
 MAX_LOCAL_ENV = "TORCHDECOUPLED_MAX_PROCS"
 
-__all__ = ["BACKENDS", "DistributedError", "train_dist", "max_local_processes"]
+__all__ = ["BACKENDS", "DistJob", "DistributedError", "run", "joined", "max_local_processes"]
 
 
 def max_local_processes() -> int:
@@ -39,57 +39,99 @@ def max_local_processes() -> int:
     return int(env) if env else max(16, 8 * (os.cpu_count() or 1))
 
 
-def train_dist(cfg: RunConfig, *, return_state: bool = False):
-    """Train with one process per stage x replica; returns the summary (also in cfg.out/summary.json).
+def joined() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when this process is one rank of a launched run, else None."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
 
-    With ``return_state=True`` returns ``(summary, states)``: every stage's final ``state_dict`` (from
-    replica 0), in stage order. Under torchrun, ranks other than 0 return None (or (None, None))."""
-    cfg = cfg.resolved()
-    backend = check_backend(cfg)
-    if cfg.resume:  # a checkpoint of another run fails here, in one line, before any process starts
-        path = checkpoint.in_dir(cfg.resume)
-        cfg = checkpoint.check_config(checkpoint.read(path, map_location="cpu"), cfg, path)
-    world = cfg.stages * cfg.replicas
+
+def run(job: DistJob, specs: list, data, val: list | None) -> dict:
+    """Train ``job`` with one process per stage x replica. Returns rank 0's result (``StageProcess.finish``:
+    records, every stage's state, peaks, idle fractions); under torchrun the other ranks get their own
+    stage's state and the records."""
+    backend = check_backend(job.backend, job.device)
     fault = Fault.parse(os.environ.get(FAULT_ENV))
-    env = _torchrun_env()
-    if env is not None:
-        rank, size, local_rank = env
+    world = job.world_size
+    here = joined()
+    if here is not None:
+        rank, size, local_rank = here
         if size != world:
-            raise ValueError(f"torchrun started {size} processes (WORLD_SIZE={size}) but --stages {cfg.stages} x "
-                             f"--replicas {cfg.replicas} needs {world}: launch with --nnodes x --nproc-per-node = {world}")
-        layout = Layout(cfg.stages, cfg.replicas, rank)
+            raise ValueError(f"this run has {size} processes (WORLD_SIZE={size}) but {job.stages} stages x "
+                             f"{job.replicas} replicas need {world}: launch with --nnodes x --nproc-per-node = {world}")
+        import torch.distributed as dist
+        ours = not dist.is_initialized()
+        layout = Layout(job.stages, job.replicas, rank)
+        rendezvous = ("url", job.init_method or "env://") if ours else None
         try:
-            summary, states = run_rank(cfg, layout, _device(cfg, local_rank), backend,
-                                       ("url", cfg.init_method or "env://"), None, fault, return_state)
+            result = run_rank(job, layout, specs[layout.stage], _device(job.device, local_rank), backend, rendezvous,
+                              None, fault, data if rank == 0 else None, val if rank == 0 else None)
         except StageFailure as e:
             if e.config_error:
                 raise ValueError(e.config_error) from e
             print(f"torchdecoupled: {e}", file=sys.stderr, flush=True)
             raise
-        _destroy()
-        return (summary, states) if return_state else summary
+        if ours:
+            dist.destroy_process_group()
+        return result
     if world > max_local_processes():
-        raise ValueError(f"--stages {cfg.stages} x --replicas {cfg.replicas} = {world} processes is more than "
+        raise ValueError(f"{job.stages} stages x {job.replicas} replicas = {world} processes is more than "
                          f"{max_local_processes()} on one machine (set {MAX_LOCAL_ENV} to allow more, or spread "
                          f"the ranks over machines with torchrun)")
-    if cfg.init_method:
-        check_init_method(cfg.init_method)
-    summary, states = launch(cfg, [_device(cfg, r) for r in range(world)], backend, fault, return_state)
-    return (summary, states) if return_state else summary
+    if job.init_method:
+        check_init_method(job.init_method)
+    payloads = (payload(job, specs[r // job.replicas], data if r == 0 else None, val if r == 0 else None)
+                for r in range(world))
+    return launch(job, payloads, [_device(job.device, r) for r in range(world)], backend, fault)
 
 
-def check_backend(cfg: RunConfig) -> str:
+def payload(job: DistJob, spec, data, val) -> bytes:
+    """One rank's bytes: the job, its stage's spec (layers on the CPU: a CUDA tensor would come back on
+    the device it left), and the data for rank 0. What cannot be pickled is named, with the fix."""
+    import cloudpickle
+
+    if any(p.is_cuda for p in spec.module.parameters()):
+        spec = copy.copy(spec)
+        spec.module = copy.deepcopy(spec.module).cpu()
+        spec.head = copy.deepcopy(spec.head).cpu() if spec.head is not None else None
+    try:
+        return cloudpickle.dumps((job, spec, data, val), protocol=5)
+    except Exception as e:  # noqa: BLE001 - find the part that fails and name it
+        parts = {f"stage {spec.index}'s layers": spec.module, "the optimizer factory": spec.make_opt,
+                 "the scheduler factory": spec.make_sched, "the criterion": spec.criterion,
+                 f"stage {spec.index}'s head": spec.head, "the head factory": job.head, "the metrics": job.metrics,
+                 "the training data": data, "the evaluation data": val}
+        what = next((name for name, obj in parts.items() if not _picklable(obj)), "the job")
+        raise ValueError(f"cannot send {what} to the stage processes ({type(e).__name__}: {e}): everything a stage "
+                         f"process runs travels pickled (cloudpickle: functions, lambdas and classes of your script "
+                         f"work; open files, locks, generators and live iterators do not); make it picklable, build "
+                         f"it inside a factory, or use engine='sim'") from None
+
+
+def _picklable(obj) -> bool:
+    import cloudpickle
+    try:
+        cloudpickle.dumps(obj)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def check_backend(backend: str | None, device: str) -> str:
     """The backend to use (default: nccl for cuda devices, else gloo), or a one-line error."""
     import torch
 
-    backend = cfg.backend or ("nccl" if cfg.device.startswith("cuda") else "gloo")
+    backend = backend or ("nccl" if device.startswith("cuda") else "gloo")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (valid: {', '.join(BACKENDS)})")
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend 'nccl' needs CUDA GPUs but torch.cuda.is_available() is False "
                          "(use --backend gloo on CPU)")
-    if backend == "nccl" and not cfg.device.startswith("cuda"):
-        raise ValueError(f"backend 'nccl' moves CUDA tensors only, but --device is {cfg.device!r} "
+    if backend == "nccl" and not device.startswith("cuda"):
+        raise ValueError(f"backend 'nccl' moves CUDA tensors only, but --device is {device!r} "
                          f"(use --device cuda, or --backend gloo)")
     return backend
 
@@ -114,20 +156,9 @@ def check_init_method(url: str) -> None:
                              f"choose a free port, or leave --init-method out to get one") from None
 
 
-def _torchrun_env() -> tuple[int, int, int] | None:
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _device(cfg: RunConfig, local_rank: int) -> str:
-    if not cfg.device.startswith("cuda") or ":" in cfg.device:
-        return cfg.device
+def _device(device: str, local_rank: int) -> str:
+    """A rank's device: "cuda" means cuda:<local rank> (modulo the GPUs there are)."""
+    if not device.startswith("cuda") or ":" in device:
+        return device
     import torch
     return f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
-
-
-def _destroy() -> None:
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from .. import checkpoint
-from ..partition import cut_points
 from .dist_layout import collective
 
 
@@ -38,18 +37,14 @@ def save(proc, tick: int) -> None:
     for item in everyone:
         replicas[item["replica"]]["stages"][item["stage"]] = item["state"]
         replicas[item["replica"]]["messages"].update(item["messages"])
-    run = proc.run
-    state = checkpoint.make(tick, proc.records, proc.cfg.__dict__, replicas, cut_points(run.modules),
-                            run.batches.per_epoch)
-    checkpoint.write(checkpoint.in_dir(proc.cfg.out), state)
+    job = proc.job
+    state = checkpoint.make(tick, proc.records, job.info, replicas, job.boundaries, job.per_epoch)
+    checkpoint.write(checkpoint.in_dir(job.out), state)
 
 
-def read(cfg, run, device: str) -> dict:
-    """The checkpoint to resume from, its cut points checked against this run's (a ValueError)."""
-    path = checkpoint.in_dir(cfg.resume)
-    state = checkpoint.read(path, map_location=device)
-    checkpoint.check_boundaries(state, run.modules, path, cfg.partition)
-    return state
+def read(job, device: str) -> dict:
+    """The checkpoint file to resume from (its run was checked before any process started)."""
+    return checkpoint.read(job.resume, map_location=device)
 
 
 def restore(state: dict, layout, stage) -> dict:

@@ -2,7 +2,13 @@
 
 Start-up: a ``forkserver`` with torch and the engine preloaded (a child starts in milliseconds, not the
 seconds a ``spawn`` spends importing torch); rendezvous through a TCPStore that the launcher itself
-holds on a free port (no race for the port), or through ``cfg.init_method`` if given.
+holds on a free port (no race for the port), or through ``job.init_method`` if given.
+
+What a child runs reaches it as one payload of bytes over its own pipe, made with cloudpickle: the
+job, its own stage's ``StageSpec`` (layers on the CPU, head, the user's factories) and, for rank 0
+only, the data. cloudpickle sends by value what the child could not import: classes, functions and
+lambdas defined in the user's script, in ``python -`` or in a notebook; the caller's ``__main__`` is
+never re-run in a child. So every process receives its own stage once and holds nothing else.
 
 Watching: the launcher waits on every child's sentinel and result pipe. The first child that dies
 (any exit code but 0, or a signal) or reports an error of its own makes the launcher kill all the
@@ -28,7 +34,7 @@ import traceback
 import types
 from datetime import timedelta
 
-from ..config import RunConfig
+from .dist_job import DistJob
 from .dist_layout import Layout
 from .dist_worker import Fault, StageFailure, run_rank
 
@@ -47,35 +53,39 @@ def _context():
     return mp.get_context("spawn")
 
 
-def launch(cfg: RunConfig, devices: list[str], backend: str, fault: Fault | None = None,
-           return_state: bool = False):
-    """Run all ranks as child processes; returns (summary, states) from rank 0."""
+def launch(job: DistJob, payloads: list[bytes], devices: list[str], backend: str, fault: Fault | None = None):
+    """Run all ranks as child processes, rank r with ``payloads[r]``; returns rank 0's result."""
     import torch.distributed as dist
 
-    world = cfg.stages * cfg.replicas
+    world = job.world_size
     ctx = _context()
     progress = ctx.Array("q", [-1] * world, lock=False)  # each rank's current tick (-1: setting up)
     store = None
-    if cfg.init_method:
-        rendezvous = ("url", cfg.init_method)
+    if job.init_method:
+        rendezvous = ("url", job.init_method)
     else:
         store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=cfg.timeout))
+                              timeout=timedelta(seconds=job.timeout))
         rendezvous = ("store", ("127.0.0.1", store.port))
     procs, conns = [], []
     try:
         for rank in range(world):
-            layout = Layout(cfg.stages, cfg.replicas, rank)
+            layout = Layout(job.stages, job.replicas, rank)
             here, there = ctx.Pipe()
+            # not a daemon: a rank may start DataLoader workers of its own (it exits with us all the same)
             p = ctx.Process(target=child_main, name=f"torchdecoupled-{layout.name().replace(' ', '')}",
-                            args=(cfg, layout, devices[rank], backend, rendezvous, progress, there, fault,
-                                  return_state), daemon=True)
+                            args=(layout, devices[rank], backend, rendezvous, progress, there, fault), daemon=False)
             with _bare_main():
                 p.start()
             there.close()
             procs.append(p)
             conns.append(here)
-        return _watch(procs, conns, progress, Layout(cfg.stages, cfg.replicas, 0))
+        for rank, (conn, payload) in enumerate(zip(conns, payloads)):
+            try:
+                conn.send_bytes(payload)
+            except OSError:
+                pass  # that child is gone already: _watch says why
+        return _watch(procs, conns, progress, Layout(job.stages, job.replicas, 0))
     finally:
         for p in procs:
             if p.is_alive():
@@ -99,14 +109,18 @@ def _bare_main():
         sys.modules["__main__"] = main
 
 
-def child_main(cfg, layout: Layout, device, backend, rendezvous, progress, conn, fault, return_state):
+def child_main(layout: Layout, device, backend, rendezvous, progress, conn, fault):
     """One child process: run the rank, report to the launcher, exit (os._exit: no teardown hangs)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it kills us
-    threading.Thread(target=_exit_with_launcher, args=(conn,), daemon=True).start()
     code = 1
     try:
-        summary, states = run_rank(cfg, layout, device, backend, rendezvous, progress, fault, return_state)
-        _send(conn, ("done", (summary, states) if layout.rank == 0 else None))
+        try:
+            job, spec, data, val = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            os._exit(1)  # the launcher is gone
+        threading.Thread(target=_exit_with_launcher, args=(conn,), daemon=True).start()
+        result = run_rank(job, layout, spec, device, backend, rendezvous, progress, fault, data, val)
+        _send(conn, ("done", result if layout.rank == 0 else None))
         code = 0
     except StageFailure as e:
         if e.peer:

@@ -46,18 +46,6 @@ class Layout:
         return f"stage {rank // self.replicas} (rank {rank})"
 
 
-class ReplicaBatches:
-    """Replica r's contiguous slice of every batch (inputs and labels alike)."""
-
-    def __init__(self, batches, replica: int, replicas: int):
-        self.batches, self.replica, self.replicas = batches, replica, replicas
-        self.per_epoch = batches.per_epoch
-
-    def get(self, b: int):
-        x, y = self.batches.get(b)
-        return x.tensor_split(self.replicas)[self.replica], y.tensor_split(self.replicas)[self.replica]
-
-
 def grad_averager(group, replicas: int):
     """Stage.grad_sync for D replicas: one all-reduce of all gradients of the stage, divided by D."""
     def sync(params: list[torch.Tensor]) -> None:

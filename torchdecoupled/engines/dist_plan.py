@@ -1,56 +1,64 @@
 """Which messages travel between two neighbouring stage processes, in which order, with which shapes.
 
 Both ends of a channel derive the same ordered list from the schedule alone: the sender stage's
-actions tick by tick (``messages_sent``), and after each evaluation tick the test chunks that replica 0
-sends up. Shapes are agreed before any tensor travels: stage k's output has shape
-``(n, *feature_shape[k])`` where n is the replica's slice of the batch (or the test chunk), found once by
-a one-sample forward of the whole model; a gradient has the shape of the activation it answers.
-So a receiver can post its receives early, into buffers of the right size, with no header message.
-A run resumed from a checkpoint taken after tick t plans from tick ``start = t + 1``: what was sent up
-to tick t and not yet used travels in the checkpoint (``engines/dist_checkpoint.py``).
+actions tick by tick (``messages_sent``), and after each evaluation tick the evaluation chunks that
+replica 0 sends up. A message is one tensor per leaf of the stage boundary (a tensor, or a tuple or dict
+of tensors: ``Boundary``); an activation carries every leaf, a gradient only the floating ones.
+Shapes are agreed before any tensor travels: leaf i of stage k's output has shape ``(n, *shape_i)``
+where n is the replica's slice of batch b (``size(b)``, which the data reader announces ahead of use,
+``dist_feed``) or the evaluation chunk's size; the per-sample shapes come from a one-sample forward at
+start-up (``dist_setup``). So a receiver can post its receives early, into buffers of the right size,
+with no header message. A run resumed from a checkpoint taken after tick t plans from tick
+``start = t + 1``: what was sent up to tick t and not yet used travels in the checkpoint.
 """
 from __future__ import annotations
 
-from typing import Iterator
+import functools
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
 
 from ..schedule import Schedule, messages_sent
 
 Key = tuple[str, int, int, int]
 
 
-@torch.no_grad()
-def feature_shapes(modules, sample: torch.Tensor) -> list[tuple[tuple[int, ...], torch.dtype]]:
-    """(per-sample shape, dtype) of every stage's output: one eval-mode forward of one sample."""
-    out, h = [], sample[:1]
-    for m in modules:
-        was = m.training
-        m.eval()
-        try:
-            h = m(h)
-        finally:
-            m.train(was)
-        out.append((tuple(h.shape[1:]), h.dtype))
-    return out
+@dataclass(frozen=True)
+class Boundary:
+    """What one stage sends up: the pytree structure (as JSON: it travels between processes) and, per
+    leaf, (per-sample shape, dtype)."""
+    structure: str
+    leaves: tuple[tuple[tuple[int, ...], torch.dtype], ...]
+
+    @functools.cached_property
+    def spec(self) -> TreeSpec:
+        return treespec_loads(self.structure)
+
+    def __reduce__(self):  # without the cached spec
+        return Boundary, (self.structure, self.leaves)
+
+    @staticmethod
+    def of(out) -> "Boundary":
+        leaves, spec = tree_flatten(out)
+        bad = [type(v).__name__ for v in leaves if not isinstance(v, torch.Tensor) or v.dim() == 0]
+        if bad:
+            raise ValueError(f"a stage returned {type(out).__name__} holding {', '.join(bad)}: a stage boundary must "
+                             f"be a tensor, or a tuple/list/dict of tensors, each with the batch as its first dimension")
+        return Boundary(treespec_dumps(spec), tuple((tuple(v.shape[1:]), v.dtype) for v in leaves))
+
+    @property
+    def grads(self) -> list[int]:
+        """Indices of the leaves that carry a gradient back (floating point)."""
+        return [i for i, (_, dt) in enumerate(self.leaves) if dt.is_floating_point or dt.is_complex]
 
 
 class MessagePlan:
-    def __init__(self, schedule: Schedule, evals: dict[int, int], features, batches, replica: int,
-                 replicas: int, test_size: int, eval_batch: int, start: int = 0):
-        self.schedule, self.evals, self.features, self.start = schedule, evals, features, start
-        self.replica, self.replicas = replica, replicas
-        self.n, self.bs, self.per_epoch = len(batches.x), batches.batch_size, batches.per_epoch
-        self.chunks = [min(eval_batch, test_size - lo) for lo in range(0, test_size, eval_batch)]
-
-    def batch_len(self, b: int) -> int:
-        """Samples of batch b (as data.Batches cuts them: the last batch of an epoch may be short)."""
-        return min(self.bs, self.n - (b % self.per_epoch) * self.bs)
-
-    def slice_len(self, b: int) -> int:
-        """This replica's part of batch b (torch.tensor_split: the first n % D slices get one more)."""
-        q, rem = divmod(self.batch_len(b), self.replicas)
-        return q + (1 if self.replica < rem else 0)
+    def __init__(self, schedule: Schedule, evals: dict[int, int], boundaries: list[Boundary],
+                 size: Callable[[int], int], eval_sizes: list[int], replica: int, start: int = 0):
+        self.schedule, self.evals, self.boundaries, self.start = schedule, evals, boundaries, start
+        self.size, self.chunks, self.replica = size, list(eval_sizes), replica
 
     def between(self, src: int, dst: int) -> Iterator[Key]:
         """Every message src sends to dst from tick ``start`` on, in the order it sends them."""
@@ -68,11 +76,32 @@ class MessagePlan:
                 for i in range(len(self.chunks)):
                     yield t, ("eval", src, dst, self.evals[t] * len(self.chunks) + i)
 
-    def shape(self, key: Key) -> tuple[tuple[int, ...], torch.dtype]:
+    def _boundary(self, key: Key) -> tuple[Boundary, list[int], int]:
         kind, src, dst, b = key
         if kind == "eval":
-            n, owner = self.chunks[b % len(self.chunks)], src
-        else:
-            n, owner = self.slice_len(b), (src if kind == "act" else dst)
-        feature, dtype = self.features[owner]
-        return (n, *feature), dtype
+            bd = self.boundaries[src]
+            return bd, list(range(len(bd.leaves))), self.chunks[b % len(self.chunks)]
+        bd = self.boundaries[src if kind == "act" else dst]
+        return bd, (bd.grads if kind == "grad" else list(range(len(bd.leaves)))), self.size(b)
+
+    def shapes(self, key: Key) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """(shape, dtype) of every tensor of the message, in the order they travel."""
+        bd, idx, n = self._boundary(key)
+        return [((n, *bd.leaves[i][0]), bd.leaves[i][1]) for i in idx]
+
+    def flatten(self, key: Key, tree) -> list[torch.Tensor]:
+        """The tensors of a message from what the stage sent (a gradient: its floating leaves)."""
+        bd, idx, _ = self._boundary(key)
+        leaves, spec = tree_flatten(tree)
+        if spec != bd.spec:
+            raise RuntimeError(f"{key}: the stage sent {spec}, but the structure agreed at start is {bd.spec}: a "
+                               f"stage must return the same structure for every batch")
+        return [leaves[i] for i in idx]
+
+    def unflatten(self, key: Key, tensors: list[torch.Tensor]):
+        """What the receiving stage gets: the boundary's structure (a gradient: None at integer leaves)."""
+        bd, idx, _ = self._boundary(key)
+        leaves = [None] * len(bd.leaves)
+        for i, t in zip(idx, tensors):
+            leaves[i] = t
+        return tree_unflatten(leaves, bd.spec)

@@ -55,10 +55,10 @@ class PeerTimeout(PeerError, TimeoutError):
 
 class _Posted:
     """One message on its way in: ``work`` is its pending receive (None once received)."""
-    __slots__ = ("key", "tick", "buf", "work")
+    __slots__ = ("key", "tick", "bufs", "works")
 
-    def __init__(self, key: Key, tick: int, buf: torch.Tensor, work):
-        self.key, self.tick, self.buf, self.work = key, tick, buf, work
+    def __init__(self, key: Key, tick: int, bufs: list[torch.Tensor], works: list):
+        self.key, self.tick, self.bufs, self.works = key, tick, bufs, works
 
 
 class _Inbox:
@@ -71,7 +71,8 @@ class _Inbox:
         self.ahead = next(self.expected, None)
         # restored from a checkpoint: sent before plan.start, not used yet
         self.posted: collections.deque = collections.deque(
-            _Posted(key, plan.start - 1, buf.to(device), None) for key, buf in received.items())
+            _Posted(key, plan.start - 1, [t.to(device) for t in plan.flatten(key, tree)], [])
+            for key, tree in received.items())
         self.fill()
 
     def _post_next(self) -> bool:
@@ -79,9 +80,9 @@ class _Inbox:
             return False
         tick, key = self.ahead
         self.ahead = next(self.expected, None)
-        shape, dtype = self.plan.shape(key)
-        buf = torch.empty(shape, dtype=dtype, device=self.device)
-        self.posted.append(_Posted(key, tick, buf, dist.irecv(buf, self.peer) if buf.numel() else None))
+        bufs = [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in self.plan.shapes(key)]
+        works = [dist.irecv(buf, self.peer) for buf in bufs if buf.numel()]
+        self.posted.append(_Posted(key, tick, bufs, works))
         return True
 
     def fill(self, until: Key | None = None) -> None:
@@ -138,28 +139,29 @@ class DistTransport:
         return f"stage {stage} (rank {self.rank_of(stage)})"
 
     # ---- sending ----------------------------------------------------------------------------
-    def send(self, key: Key, tensor: torch.Tensor) -> None:
-        shape, dtype = self.plan.shape(key)
-        t = tensor.detach()
-        if tuple(t.shape) != shape or t.dtype != dtype:
-            raise RuntimeError(f"{_what(key)} has shape {tuple(t.shape)} and dtype {t.dtype}, but the shape agreed "
-                               f"at start is {shape} {dtype}: the distributed engine needs stage outputs of shape "
-                               f"(batch, *fixed) with a fixed dtype")
-        if t.device != self.device:
-            t = t.to(self.device)
-        if not t.is_contiguous():
-            t = t.contiguous()
+    def send(self, key: Key, tree) -> None:
+        """Send what the stage produced: a tensor, or a tuple/dict of them (the agreed structure)."""
+        tensors = []
+        for t, (shape, dtype) in zip(self.plan.flatten(key, tree), self.plan.shapes(key)):
+            t = t.detach()
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise RuntimeError(f"{_what(key)} has shape {tuple(t.shape)} and dtype {t.dtype}, but the shape "
+                                   f"agreed at start is {shape} {dtype}: the distributed engine needs stage outputs "
+                                   f"of shape (batch, *fixed) with a fixed dtype")
+            if t.device != self.device:
+                t = t.to(self.device)
+            tensors.append(t if t.is_contiguous() else t.contiguous())
         dst = key[2]
         try:
-            work = dist.isend(t, self.rank_of(dst)) if t.numel() else None
+            works = [dist.isend(t, self.rank_of(dst)) for t in tensors if t.numel()]
         except RuntimeError as e:
             raise PeerError(f"sending {_what(key)} to {self._peer(dst)} failed: {brief(e)}") from e
-        self.outstanding.append((work, t, key))
+        self.outstanding.append((works, tensors, key))
         if len(self.outstanding) > MAX_OUTSTANDING:
             self._complete(*self.outstanding.popleft())
 
-    def _complete(self, work, t, key) -> None:
-        if work is not None:
+    def _complete(self, works, tensors, key) -> None:
+        for work in works:
             self._wait(work, f"send {_what(key)}", f"sending {_what(key)} to", key[2])
 
     def flush(self) -> None:
@@ -171,16 +173,20 @@ class DistTransport:
     def has(self, key: Key) -> bool:
         return True  # recv blocks until the message is there
 
-    def recv(self, key: Key) -> torch.Tensor:
+    def recv(self, key: Key):
         src = key[1]
         box = self.inbox[src]
         p = box.take(key)
         if p is None:
             raise RuntimeError(f"stage {self.stage} asked for {key}, which stage {src} never sends")
-        if p.work is not None:
-            self._wait(p.work, f"wait {_what(key)}", f"waiting for {_what(key)} from", src)
+        self._arrive(p, src)
         box.fill()
-        return p.buf
+        return self.plan.unflatten(key, p.bufs)
+
+    def _arrive(self, p: _Posted, src: int) -> None:
+        for work in p.works:
+            self._wait(work, f"wait {_what(p.key)}", f"waiting for {_what(p.key)} from", src)
+        p.works = []
 
     def unconsumed(self, tick: int) -> dict[Key, torch.Tensor]:
         """Every message sent to this stage up to ``tick`` and not used yet, received now, for a checkpoint
@@ -189,10 +195,8 @@ class DistTransport:
         out = {}
         for src, box in self.inbox.items():
             for p in box.sent_until(tick):
-                if p.work is not None:
-                    self._wait(p.work, f"wait {_what(p.key)}", f"waiting for {_what(p.key)} from", src)
-                    p.work = None
-                out[p.key] = p.buf
+                self._arrive(p, src)
+                out[p.key] = self.plan.unflatten(p.key, p.bufs)
         return out
 
     def _wait(self, work, label: str, doing: str, peer: int) -> None:

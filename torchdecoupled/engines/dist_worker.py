@@ -1,23 +1,23 @@
 """One process of the distributed engine: one replica of one stage, run tick by tick.
 
-Every process builds the whole run deterministically (``build_run``, same seed), keeps its own stage
-(``rank = stage * D + replica``, see ``dist_layout``), and loads the data it needs itself: stage 0 its
-batches' inputs, the last stage (and local-learning stages) their labels, each replica its slice. Then
-it runs exactly the simulator's loop::
+A process holds its own stage only (``StageSpec``: its layers, head, the user's factories; ``rank =
+stage * D + replica``, see ``dist_layout``). Rank 0 reads the training data and sends each process its
+part (``dist_feed``); at start-up the processes agree on what crosses each boundary (``dist_setup``).
+Then every process runs exactly the simulator's loop::
 
     for t in range(schedule.num_ticks):
         for a in schedule.actions(t, k):
             worker.run(a)            # the same Worker and Stage as engines/sim.py; recv blocks
 
-After each evaluation tick (``train.eval_ticks``) every process collects its telemetry, replica 0 of
-every stage evaluates the test set as a pipeline (stage 0 sends chunks up as ``eval`` messages, the
-last stage computes loss and accuracy as ``engines.sim.evaluate`` does), and rank 0 gathers the
-per-process results and writes the epoch record; with ``--checkpoint`` (all but the last evaluation
-tick) rank 0 then writes the checkpoint, and ``--resume`` starts after its tick (``dist_checkpoint``).
+After each evaluation tick (``schedule.eval_ticks``) every process collects its telemetry, replica 0 of
+every stage evaluates the evaluation data as a pipeline (stage 0 sends chunks up as ``eval`` messages,
+the last stage computes the criterion and the metrics as ``engines.sim.evaluate`` does), and rank 0
+gathers the per-process results and writes the epoch record; with a checkpoint (all but the last
+evaluation tick) rank 0 then writes the checkpoint, and a resumed run starts after its tick
+(``dist_checkpoint``). At the end rank 0 gathers every stage's state (``checkpoint.stage_state``).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -26,20 +26,23 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..build import build_run, build_stage
-from ..config import RunConfig
-from ..methods import get_method
-from ..metrics import MetricsWriter
-from ..partition import cut_points
+from .. import checkpoint
+from ..evaluation import EvalSum
+from ..heads import build_head
+from ..metrics import MetricsWriter, progress_bar
+from ..schedule import Schedule, eval_ticks
+from ..stagespec import StageSpec
 from ..timeline import Recorder
 from ..worker import Worker
 from . import dist_checkpoint
-from .dist_layout import Layout, ReplicaBatches, collective, grad_averager, init_process_group
-from .dist_plan import MessagePlan, feature_shapes
-from .dist_transport import DistTransport, PeerError
+from .dist_feed import Needs, ReaderFeed, RemoteFeed
+from .dist_job import DistJob
+from .dist_layout import Layout, collective, grad_averager, init_process_group
+from .dist_plan import MessagePlan
+from .dist_setup import agree_boundaries, share_eval
+from .dist_transport import PREFETCH, DistTransport, PeerError
 from .malloc import keep_freed_memory
 
-EVAL_BATCH = 1000  # test chunk size, as in engines.sim.evaluate
 FAULT_ENV = "TORCHDECOUPLED_FAULT"
 FAULT_KINDS = ("exit", "kill", "raise", "stop")
 
@@ -74,61 +77,67 @@ class Fault:
         os.kill(os.getpid(), signal.SIGKILL if self.kind == "kill" else signal.SIGSTOP)
 
 
-def agree_on_partition(cfg: RunConfig, layout: Layout):
-    """A measured partition ("time") would differ from process to process: rank 0 measures, and every
-    rank cuts where rank 0 did. Returns (config with explicit boundaries, rank 0's run or None)."""
-    spec = cfg.partition or get_method(cfg.method, **cfg.method_opts).partition
-    if spec != "time" or cfg.stages == 1:
-        return cfg, None
-    run = build_run(cfg) if layout.rank == 0 else None
-    box = [cut_points(run.modules) if run is not None else None]
-    collective("agreeing on the measured partition", dist.broadcast_object_list, box, src=0)
-    return dataclasses.replace(cfg, partition=",".join(map(str, box[0]))), run
+def first_batch_after(schedule: Schedule, tick: int) -> int:
+    """The first batch any action after ``tick`` touches (a resumed run's reader starts there: a message
+    about a batch in flight needs that batch's size)."""
+    bs = [a.batch for t in range(tick + 1, min(tick + 1 + 4 * schedule.num_stages, schedule.num_ticks))
+          for k in range(schedule.num_stages) for a in schedule.actions(t, k) if a.op in "FB"]
+    return min(bs, default=schedule.num_batches)
 
 
 class StageProcess:
     """Builds this rank's stage and runs its part of the schedule; ``tick`` says where it is."""
 
-    def __init__(self, cfg: RunConfig, layout: Layout, device: str, backend: str,
-                 rendezvous: tuple[str, object], progress=None, fault: Fault | None = None):
-        self.cfg, self.layout, self.progress, self.tick = cfg, layout, progress, -1
+    def __init__(self, job: DistJob, layout: Layout, spec: StageSpec, device: str, backend: str,
+                 rendezvous: tuple[str, object] | None, progress=None, fault: Fault | None = None,
+                 data=None, val: list | None = None):
+        self.job, self.layout, self.progress, self.tick = job, layout, progress, -1
         self.fault = fault if fault is not None and fault.stage == layout.stage else None
-        k, D = layout.stage, layout.replicas
-        torch.set_num_threads(cfg.threads or 1)
+        k, D, K, m = layout.stage, layout.replicas, job.stages, job.method
+        torch.set_num_threads(job.threads)
         keep_freed_memory()  # no page faults in the steady state (engines/malloc.py)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        init_process_group(backend, layout, rendezvous, cfg.timeout)
-        cfg, run = agree_on_partition(cfg, layout)
-        self.cfg = cfg
-        self.run = run = run or build_run(cfg)
-        bs, n = run.batches.batch_size, len(run.batches.x)
-        smallest = min(bs, n - (run.batches.per_epoch - 1) * bs)
-        if D > smallest:
-            raise ValueError(f"--replicas {D} needs at least {D} samples in every batch, but the last batch of an "
-                             f"epoch has {smallest} (change --batch-size)")
-        from ..train import eval_ticks
-        self.evals = eval_ticks(run.schedule, run.batches.per_epoch, cfg.epochs)
-        self.schedule = run.schedule
-        dtype = getattr(torch, cfg.dtype)
-        self.test_x, self.test_y = run.dataset.test_x.to(dtype), run.dataset.test_y
-        state = dist_checkpoint.read(cfg, run, device) if cfg.resume else None
+        if rendezvous is not None:
+            init_process_group(backend, layout, rendezvous, job.timeout)
+        group = dist.new_group(backend="gloo")  # the data messages' own channel (dist_feed)
+        self.schedule = schedule = Schedule(m.family, K, job.epochs * job.per_epoch, m.order, m.accumulate)
+        self.evals = eval_ticks(schedule, job.per_epoch, job.epochs)
+        state = dist_checkpoint.read(job, device) if job.resume else None
         self.first_tick = state["tick"] + 1 if state is not None else 0  # resumed after the checkpoint's tick
-        plan = MessagePlan(run.schedule, self.evals, feature_shapes(run.modules, run.batches.x), run.batches,
-                           layout.replica, D, len(self.test_x), EVAL_BATCH, start=self.first_tick)
-        self.stage = build_stage(run, k, device)
-        groups = [dist.new_group(layout.ranks_of_stage(s)) if D > 1 else None for s in range(cfg.stages)]
+        first_b = first_batch_after(schedule, state["tick"]) if state is not None else 0
+        self.lookahead = PREFETCH + K + 4
+        N = schedule.num_batches
+        if layout.rank == 0:
+            self.feed = ReaderFeed(data, layout, Needs(layout, m.family == "local"), group, N, self.lookahead,
+                                   start=first_b, timeout=job.timeout)
+        else:
+            self.feed = RemoteFeed(layout, group, N, job.timeout, start=first_b, lag=self.lookahead - (K - 1))
+        module = spec.module.to(device)
+        first_x = self.feed.peek_input() if layout.rank == 0 else None
+        self.boundaries, input_shape = agree_boundaries(layout, module, first_x, group, device)
+        self.input_shape = input_shape
+        eval_sizes, self.val_x, self.val_y = share_eval(layout, val, group)
+        self.eval_chunks = len(eval_sizes)
+        head = spec.head
+        if head is None and m.family == "local" and k < K - 1:
+            shape, dtype = self.boundaries[k].leaves[0]
+            head = build_head(job.head or m.head, k, K, shape, input_shape, job.num_classes, job.seed, device, dtype)
+        self.stage = spec.with_head(head.to(device) if head is not None else None).build(schedule, job.per_epoch)
+        groups = [dist.new_group(layout.ranks_of_stage(s)) if D > 1 else None for s in range(K)]
         if D > 1:
             self.stage.grad_sync = grad_averager(groups[k], D)
         received = dist_checkpoint.restore(state, layout, self.stage) if state is not None else {}
-        self.recorder = Recorder(enabled=cfg.trace)
+        self.feed.at_tick(self.first_tick)  # rank 0 sends the first batches: the receives below need their sizes
+        plan = MessagePlan(schedule, self.evals, self.boundaries, self.feed.size, eval_sizes, layout.replica,
+                           start=self.first_tick)
+        self.recorder = Recorder(enabled=job.trace)
         comm = device if backend == "nccl" else "cpu"
-        self.transport = DistTransport(plan, k, layout.replica, cfg.stages, D, timeout=cfg.timeout, device=comm,
+        self.transport = DistTransport(plan, k, layout.replica, K, D, timeout=job.timeout, device=comm,
                                        on_wait=self.recorder.wait, received=received)
-        self.worker = Worker(self.stage, self.schedule, ReplicaBatches(run.batches, layout.replica, D),
-                             self.transport)
-        self.records: list[dict] = list(state["records"]) if state is not None else []
-        self.writer = MetricsWriter(cfg.out if layout.rank == 0 else None, self.records)
+        self.worker = Worker(self.stage, schedule, self.feed, self.transport)
+        self.records: list[dict] = list(state["records"]) if state is not None else list(job.records)
+        self.writer = MetricsWriter(job.out if layout.rank == 0 else None, self.records)
 
     def train(self) -> None:
         evals, k, rec, clock = self.evals, self.layout.stage, self.recorder, time.perf_counter_ns
@@ -142,6 +151,7 @@ class StageProcess:
                 self.progress[self.layout.rank] = t
             if self.fault is not None and self.fault.tick == t:
                 self.fault.fire()
+            self.feed.at_tick(t)
             for a in self.schedule.actions(t, k):
                 t0 = clock()
                 self.worker.run(a)
@@ -154,13 +164,13 @@ class StageProcess:
             bar.close()
         self.tick = self.schedule.num_ticks  # finishing
         self.transport.close()
+        self.feed.close()
 
     def _bar(self):
-        if not (self.cfg.progress and self.layout.rank == 0):
+        if not (self.job.progress and self.layout.rank == 0):
             return None
-        from ..train import progress_bar
         return progress_bar(self.schedule.num_ticks - self.first_tick, True,
-                            f"{self.cfg.method} K={self.cfg.stages} dist")
+                            f"{self.job.method.name} K={self.job.stages} dist")
 
     def end_epoch(self, epoch: int, bar=None) -> None:
         """Collect, evaluate, gather on rank 0, checkpoint (drawn as one "eval" span; not counted in the
@@ -173,12 +183,12 @@ class StageProcess:
         collective(f"gathering epoch {epoch}'s results", dist.gather_object, mine, everyone, dst=0)
         if everyone is not None:
             from .dist_outputs import merge_epoch
-            rec = merge_epoch(epoch, everyone, self.cfg.stages, time.perf_counter() - self.start)
+            rec = merge_epoch(epoch, everyone, self.job.stages, time.perf_counter() - self.start)
             self.records.append(rec)
             self.writer.epoch(rec)
             if bar is not None:
-                bar.set_postfix(epoch=epoch, loss=f"{rec['train_loss']:.3f}", test_acc=f"{rec['test_acc']:.3f}")
-        if self.cfg.checkpoint and self.tick < self.schedule.num_ticks - 1:  # as the simulator: not the last
+                bar.set_postfix(epoch=epoch, loss=f"{rec['train_loss']:.3f}")
+        if self.job.checkpoint and self.tick < self.schedule.num_ticks - 1:  # as the simulator: not the last
             dist_checkpoint.save(self, self.tick)
         self.recorder.span("eval", f"eval {epoch}", t0, time.perf_counter_ns())
         self.recorder.open_window()
@@ -188,43 +198,39 @@ class StageProcess:
         """Replica 0's pipelined share of engines.sim.evaluate; the last stage returns the result."""
         if self.layout.replica != 0:
             return None
-        k, s, tr = self.layout.stage, self.stage, self.transport
-        n = len(self.test_x)
-        starts = range(0, n, EVAL_BATCH)
-        loss, correct = 0.0, 0
-        for i, lo in enumerate(starts):
-            seq = epoch * len(starts) + i
-            h = self.test_x[lo:lo + EVAL_BATCH] if k == 0 else tr.recv(("eval", k - 1, k, seq))
+        k, s, tr, n = self.layout.stage, self.stage, self.transport, self.eval_chunks
+        total = EvalSum(s.criterion, self.job.metrics) if s.is_last else None
+        for i in range(n):
+            seq = epoch * n + i
+            h = self.val_x[i] if k == 0 else tr.recv(("eval", k - 1, k, seq))
             h = s.predict(h)
-            if not s.is_last:
+            if s.is_last:
+                total.add(h, self.val_y[i])
+            else:
                 tr.send(("eval", k, k + 1, seq), h)
-                continue
-            y = self.test_y[lo:lo + EVAL_BATCH].to(h.device)
-            loss += torch.nn.functional.cross_entropy(h.float(), y, reduction="sum").item()
-            correct += int((h.argmax(1) == y).sum())
-        return {"test_loss": loss / n, "test_acc": correct / n} if s.is_last else None
+        if total is None:
+            return None
+        return total.result() if n else {}
 
-    def finish(self, return_state: bool = False):
-        """Gather parameters, peaks and timelines on rank 0, which writes the outputs and returns
-        (summary, per-stage state dicts if asked); the other ranks return (None, None)."""
+    def finish(self) -> dict:
+        """Gather every stage's state, peak and timeline on rank 0 and share the history with every
+        process; rank 0 returns everything, the others their own stage's state and the history."""
         first = self.layout.replica == 0
-        mine = {"stage": self.layout.stage, "replica": self.layout.replica,
-                "params": [p.detach().cpu() for p in self.stage.module.parameters()] if first else None,
-                "state": {n: t.detach().cpu() for n, t in self.stage.module.state_dict().items()}
-                if first and return_state else None,
+        own = checkpoint.map_tensors(lambda t: t.detach().cpu(), checkpoint.stage_state(self.stage))
+        mine = {"stage": self.layout.stage, "replica": self.layout.replica, "state": own if first else None,
                 "peak": self.stage.telemetry.peak_bytes,
                 "trace": self.recorder.export(stage=self.layout.stage, replica=self.layout.replica,
                                               rank=self.layout.rank)}
         everyone = [None] * self.layout.world_size if self.layout.rank == 0 else None
-        collective("gathering the final parameters", dist.gather_object, mine, everyone, dst=0)
-        summary, states = None, None
+        collective("gathering the final state", dist.gather_object, mine, everyone, dst=0)
+        box = [self.records]
+        collective("sharing the history", dist.broadcast_object_list, box, src=0)
+        result = {"records": box[0], "stage": self.layout.stage, "state": own, "boundaries": self.boundaries,
+                  "input_shape": self.input_shape, "time_s": time.perf_counter() - self.start}
         if everyone is not None:
-            from .dist_outputs import write_outputs
-            summary = write_outputs(self.run, self.writer, self.records, everyone, time.perf_counter() - self.start,
-                                    backend=dist.get_backend())
-            if return_state:
-                states = [e["state"] for e in sorted(everyone, key=lambda e: e["stage"]) if e["replica"] == 0]
-        return summary, states
+            from .dist_outputs import gathered
+            result.update(gathered(everyone, self.job, backend=dist.get_backend()))
+        return result
 
 
 class StageFailure(RuntimeError):
@@ -237,14 +243,14 @@ class StageFailure(RuntimeError):
         self.peer, self.config_error = peer, config_error
 
 
-def run_rank(cfg: RunConfig, layout: Layout, device: str, backend: str, rendezvous: tuple[str, object],
-             progress=None, fault: Fault | None = None, return_state: bool = False):
-    """This rank's whole run; returns (summary, per-stage state dicts or None); raises StageFailure."""
+def run_rank(job: DistJob, layout: Layout, spec: StageSpec, device: str, backend: str, rendezvous,
+             progress=None, fault: Fault | None = None, data=None, val: list | None = None) -> dict:
+    """This rank's whole run; returns ``StageProcess.finish``'s result; raises StageFailure."""
     proc = None
     try:
-        proc = StageProcess(cfg, layout, device, backend, rendezvous, progress, fault)
+        proc = StageProcess(job, layout, spec, device, backend, rendezvous, progress, fault, data, val)
         proc.train()
-        return proc.finish(return_state)
+        return proc.finish()
     except Exception as e:
         if proc is None:
             where = "during setup"

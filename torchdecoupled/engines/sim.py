@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..boundary import to_device
+from ..evaluation import EvalSum, eval_chunks
 from ..schedule import Schedule, run_tick
 from ..stage import Stage
 from ..transport import LocalTransport
@@ -31,14 +33,15 @@ def run_sim(stages: Sequence[Stage], schedule: Schedule, batches, *, stage_order
 
 
 @torch.no_grad()
-def evaluate(stages: Sequence[Stage], x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict:
-    """Plain sequential forward of all stages in eval mode with the current weights."""
-    loss, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        h = x[i:i + batch_size]
+def evaluate(stages: Sequence[Stage], data, *, criterion: Callable | None = None, metrics=None,
+             batch_size: int = 1000, keys: tuple[str, str] = ("x", "y")) -> dict:
+    """Plain sequential forward of all stages in eval mode with the current weights, scored by
+    ``evaluation.EvalSum``: ``test_loss`` by ``criterion`` (default: the last stage's, the training loss),
+    ``test_acc`` where accuracy applies, ``test_<name>`` per metric. ``data``: ``(x, y)`` cut into rows of
+    ``batch_size``, or an iterable of batches (``evaluation.eval_chunks``, which reads ``keys``)."""
+    total = EvalSum(criterion if criterion is not None else stages[-1].criterion, metrics)
+    for h, y in eval_chunks(data, batch_size, keys):
         for s in stages:
             h = s.predict(h)
-        t = y[i:i + batch_size].to(h.device)
-        loss += torch.nn.functional.cross_entropy(h.float(), t, reduction="sum").item()
-        correct += int((h.argmax(1) == t).sum())
-    return {"test_loss": loss / len(x), "test_acc": correct / len(x)}
+        total.add(h, to_device(y, stages[-1].device))
+    return total.result()

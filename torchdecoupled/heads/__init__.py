@@ -47,7 +47,7 @@ from torchdecoupled.heads.base import AuxHead, check_shape
 from torchdecoupled.heads.classify import ClassifierHead, DGLHead, LinearHead
 from torchdecoupled.heads.infopro import InfoProHead, infopro_lambdas, supcon_loss
 
-__all__ = ["AuxHead", "HEADS", "HeadFactory", "make_head", "stage_head", "check_factory", "ClassifierHead",
+__all__ = ["AuxHead", "HEADS", "HeadFactory", "make_head", "stage_head", "build_head", "check_factory", "ClassifierHead",
            "LinearHead", "DGLHead", "InfoProHead", "infopro_lambdas", "supcon_loss"]
 
 
@@ -134,14 +134,22 @@ def stage_head(head: str | HeadFactory, modules: Sequence[nn.Module], k: int, sa
             finally:
                 for mod, mode in modes:
                     mod.training = mode
-    feature_shape, input_shape = tuple(x.shape[1:]), tuple(x0.shape[1:])
+    return build_head(head, k, len(modules), tuple(x.shape[1:]), tuple(x0.shape[1:]), num_classes, seed,
+                      x.device, x.dtype)
+
+
+def build_head(head: str | HeadFactory, k: int, num_stages: int, feature_shape: tuple, input_shape: tuple,
+               num_classes: int, seed: int = 0, device=None, dtype=None) -> AuxHead:
+    """Stage k's auxiliary head for features of ``feature_shape`` (per sample), on ``device`` in ``dtype``
+    (a floating dtype; else the default): the same head wherever it is built, from a private RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed * 1000 + k)
         if isinstance(head, str):
-            h = make_head(head, feature_shape, num_classes, input_shape, stage=k, num_stages=len(modules))
+            h = make_head(head, feature_shape, num_classes, input_shape, stage=k, num_stages=num_stages)
         else:
             h = check_factory(head)(k, feature_shape, num_classes, input_shape)
     if not isinstance(h, AuxHead):
         raise TypeError(f"the head factory returned {type(h).__name__} for stage {k}; it must return a "
                         f"torchdecoupled.heads.AuxHead (subclass it and implement loss(h, y, x0))")
-    return h.to(device=x.device, dtype=x.dtype) if x.is_floating_point() else h.to(x.device)
+    floating = dtype is not None and dtype.is_floating_point
+    return h.to(device=device, dtype=dtype) if floating else h.to(device)

@@ -1,0 +1,194 @@
+"""The training data of a distributed run: read once, by rank 0, and sent to whoever needs a part of it.
+
+Rank 0 (replica 0 of stage 0) is the only process that iterates the user's data (a DataLoader, any
+iterable of batches, or the zoo's ``Batches``). For each batch b it cuts replica r's slice (contiguous,
+``torch.tensor_split``) and sends every other process one small message on a gloo group of its own:
+
+    (b, n, x, y)   n: the process's slice size (every process: it sizes the activations, dist_plan)
+                   x: the inputs, for stage 0's other replicas (and local stages: InfoPro's x0)
+                   y: the targets, for the stages with a loss (the last one; local stages)
+
+Rank 0 reads ``lookahead`` batches ahead of its own forward, so a message has always been sent
+before a process needs it: a process at tick t needs sizes up to about t + PREFETCH, and rank 0 is at
+most K - 1 ticks behind it. A receiver takes messages in order (``drain``) and keeps what it has not
+used; a message is a pickled object, as a length and the bytes (no tensor is shared between processes).
+"""
+from __future__ import annotations
+
+import collections
+import pickle
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
+
+from .dist_layout import Layout
+from .dist_transport import PeerError, PeerTimeout, brief
+
+
+def split_slices(tree, parts: int) -> list:
+    """``parts`` contiguous slices of every tensor leaf along the batch dimension."""
+    leaves, spec = tree_flatten(tree)
+    pieces = [t.tensor_split(parts) if isinstance(t, torch.Tensor) else [t] * parts for t in leaves]
+    return [tree_unflatten([p[r] for p in pieces], spec) for r in range(parts)]
+
+
+def batch_len(tree) -> int:
+    leaf = next((v for v in tree_leaves(tree) if isinstance(v, torch.Tensor)), None)
+    if leaf is None or leaf.dim() == 0:
+        raise ValueError(f"a batch must hold tensors with the batch as their first dimension (got {type(tree).__name__})")
+    return leaf.shape[0]
+
+
+class Needs:
+    """What each rank needs of a batch, from the layout and the method's family."""
+
+    def __init__(self, layout: Layout, local: bool):
+        self.layout, self.local = layout, local
+
+    def x(self, rank: int) -> bool:
+        k = rank // self.layout.replicas
+        return k == 0 or (self.local and k < self.layout.stages - 1)
+
+    def y(self, rank: int) -> bool:
+        k = rank // self.layout.replicas
+        return k == self.layout.stages - 1 or self.local
+
+
+class ReaderFeed:
+    """Rank 0: reads the data in order, keeps its own slice, sends the others theirs."""
+
+    def __init__(self, data, layout: Layout, needs: Needs, group, num_batches: int, lookahead: int,
+                 start: int = 0, timeout: float = 60.0):
+        self.data, self.layout, self.needs, self.group = data, layout, needs, group
+        self.num_batches, self.lookahead, self.timeout = num_batches, lookahead, timeout
+        self.per_epoch = data.per_epoch
+        self.release = getattr(data, "release_before", None)
+        self.mine: dict[int, tuple] = {}
+        self.sizes: dict[int, int] = {}
+        self.next_b = start
+        self.outstanding: collections.deque = collections.deque()
+        self.bound = 4 * (lookahead + 1) * layout.world_size  # sends in flight before waiting the oldest
+        if start and self.release is not None:
+            self.release(start)  # a resumed run: the batches before ``start`` are read past, not kept
+
+    def peek_input(self):
+        """Batch ``next_b``'s inputs (this process's slice), read but not sent: the start-up sample."""
+        x, _ = self.data.get(min(self.next_b, self.num_batches - 1))
+        return split_slices(x, self.layout.replicas)[0]
+
+    def at_tick(self, t: int) -> None:
+        """Before tick t: every batch up to t + lookahead is read and sent."""
+        self.advance(t)
+
+    def read(self, b: int):
+        try:
+            x, y = self.data.get(b)
+            if self.release is not None:
+                self.release(b + 1)
+        except Exception as e:
+            raise ValueError(f"reading batch {b} of the training data (epoch {b // self.per_epoch}, batch "
+                             f"{b % self.per_epoch} of it) raised {type(e).__name__}: {e}") from e
+        return x, y
+
+    def advance(self, upto: int) -> None:
+        """Read and send every batch up to ``upto`` (and ``lookahead`` beyond it, within the run)."""
+        last = min(upto + self.lookahead, self.num_batches - 1)
+        while self.next_b <= last:
+            b = self.next_b
+            x, y = self.read(b)
+            D = self.layout.replicas
+            if batch_len(x) < D:
+                raise ValueError(f"batch {b} has {batch_len(x)} samples, fewer than the {D} replicas that split it: "
+                                 f"use batches of at least {D} (drop_last=True drops a short last batch)")
+            xs, ys = split_slices(x, D), split_slices(y, D)
+            for rank in range(1, self.layout.world_size):
+                r = rank % self.layout.replicas
+                msg = (b, batch_len(xs[r]), xs[r] if self.needs.x(rank) else None,
+                       ys[r] if self.needs.y(rank) else None)
+                self._send(rank, msg)
+            self.mine[b] = (xs[0], ys[0])
+            self.sizes[b] = batch_len(xs[0])
+            self.next_b += 1
+
+    def _send(self, rank: int, msg) -> None:
+        payload = torch.frombuffer(bytearray(pickle.dumps(msg)), dtype=torch.uint8)
+        head = torch.tensor([payload.numel()], dtype=torch.int64)
+        try:
+            self.outstanding.append((dist.isend(head, rank, group=self.group), head))
+            self.outstanding.append((dist.isend(payload, rank, group=self.group), payload))
+            while len(self.outstanding) > self.bound:
+                self.outstanding.popleft()[0].wait(timedelta(seconds=self.timeout))
+        except RuntimeError as e:
+            raise PeerError(f"sending batch {msg[0]}'s data to rank {rank} failed: {brief(e)}") from e
+
+    def get(self, b: int):
+        self.advance(b)
+        x, y = self.mine.pop(b)
+        return x, y
+
+    def size(self, b: int) -> int:
+        self.advance(b)
+        return self.sizes[b]
+
+    def close(self) -> None:
+        try:
+            for work, _ in self.outstanding:
+                work.wait(timedelta(seconds=self.timeout))
+        except RuntimeError as e:
+            raise PeerError(f"delivering the last batches' data failed: {brief(e)}") from e
+        self.outstanding.clear()
+
+
+class RemoteFeed:
+    """Every other rank: receives its messages from rank 0, in order, and keeps them until used."""
+
+    def __init__(self, layout: Layout, group, num_batches: int, timeout: float, start: int = 0, lag: int = 0):
+        self.layout, self.group, self.num_batches = layout, group, num_batches
+        self.timeout = timedelta(seconds=timeout)
+        self.lag = lag  # how far ahead of tick t this process takes its messages (lookahead - (K - 1))
+        self.data: dict[int, tuple] = {}
+        self.sizes: dict[int, int] = {}
+        self.next_b = start
+
+    def _recv(self) -> None:
+        head = torch.empty(1, dtype=torch.int64)
+        self._wait(dist.irecv(head, 0, group=self.group))
+        payload = torch.empty(int(head), dtype=torch.uint8)
+        self._wait(dist.irecv(payload, 0, group=self.group))
+        b, n, x, y = pickle.loads(payload.numpy().tobytes())
+        assert b == self.next_b, (b, self.next_b)
+        self.sizes[b] = n
+        if x is not None or y is not None:
+            self.data[b] = (x, y)
+        self.next_b += 1
+
+    def _wait(self, work) -> None:
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as e:
+            if "timed out" in str(e).lower():
+                raise PeerTimeout(f"waiting for batch {self.next_b}'s data from stage 0 (rank 0): nothing for "
+                                  f"{self.timeout.total_seconds():g} s; raise timeout= if reading a batch "
+                                  f"legitimately takes longer") from e
+            raise PeerError(f"lost stage 0 (rank 0) while waiting for batch {self.next_b}'s data: {brief(e)}") from e
+
+    def drain(self, upto: int) -> None:
+        while self.next_b <= min(upto, self.num_batches - 1):
+            self._recv()
+
+    def at_tick(self, t: int) -> None:
+        """Before tick t: take what rank 0 has surely sent by now (it is at most K - 1 ticks behind)."""
+        self.drain(t + self.lag)
+
+    def get(self, b: int):
+        self.drain(b)
+        return self.data.pop(b)
+
+    def size(self, b: int) -> int:
+        self.drain(b)
+        return self.sizes[b]
+
+    def close(self) -> None:
+        pass

@@ -188,8 +188,12 @@ class Pipeline:
             if bar is not None:
                 bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.3f}")
 
-        run_sim(self.stages, schedule, batches, on_tick=tick, transport=transport,
-                ticks=range(first_tick, schedule.num_ticks))
+        try:
+            run_sim(self.stages, schedule, batches, on_tick=tick, transport=transport,
+                    ticks=range(first_tick, schedule.num_ticks))
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
         if bar is not None:
             bar.close()
         self.last_run = {"engine": "sim", "schedule": schedule, "peaks": [s.telemetry.peak_bytes for s in self.stages]}

@@ -76,6 +76,13 @@ class LoaderBatches:
             raise RuntimeError(f"batch {b} was already released")
         return self.cache[b]
 
+    def close(self) -> None:
+        """Stop the loader's worker processes, if it has any (a DataLoader iterator with num_workers > 0)."""
+        shutdown = getattr(self.it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self.it = None
+
     def release_before(self, b: int) -> None:
         self.low = max(self.low, b)
         for old in [k for k in self.cache if k < b]:

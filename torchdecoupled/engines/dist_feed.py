@@ -133,6 +133,8 @@ class ReaderFeed:
         return self.sizes[b]
 
     def close(self) -> None:
+        if hasattr(self.data, "close"):
+            self.data.close()
         try:
             for work, _ in self.outstanding:
                 work.wait(timedelta(seconds=self.timeout))

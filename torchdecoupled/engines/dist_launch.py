@@ -112,6 +112,8 @@ def _bare_main():
 def child_main(layout: Layout, device, backend, rendezvous, progress, conn, fault):
     """One child process: run the rank, report to the launcher, exit (os._exit: no teardown hangs)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it kills us
+    if "fork" in mp.get_all_start_methods():  # a DataLoader's workers: our children, gone when we are
+        mp.set_start_method("fork", force=True)
     code = 1
     try:
         try:

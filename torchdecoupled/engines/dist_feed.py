@@ -41,6 +41,10 @@ def batch_len(tree) -> int:
     return leaf.shape[0]
 
 
+class DataError(RuntimeError):
+    """Reading the user's data raised: the run stops (every process), the message names the batch."""
+
+
 class Needs:
     """What each rank needs of a batch, from the layout and the method's family."""
 
@@ -88,7 +92,7 @@ class ReaderFeed:
             if self.release is not None:
                 self.release(b + 1)
         except Exception as e:
-            raise ValueError(f"reading batch {b} of the training data (epoch {b // self.per_epoch}, batch "
+            raise DataError(f"reading batch {b} of the training data (epoch {b // self.per_epoch}, batch "
                              f"{b % self.per_epoch} of it) raised {type(e).__name__}: {e}") from e
         return x, y
 

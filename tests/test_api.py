@@ -190,3 +190,82 @@ def test_fit_twice_keeps_one_predictor_per_stage():
     p = pipe.stages[0].predictor
     assert p is first and p.stage is pipe.stages[0] and len(p._handles) == 2  # no stale optimizer hooks
     assert p.steps == 2 * data.per_epoch
+
+
+# ---- one training path: the CLI's run and a user's Pipeline; schedulers per step; data forms -----------
+
+def test_a_users_pipeline_on_the_dist_engine_equals_the_cli_run():
+    """The zoo's model and data through td.Pipeline (engine="dist", the user's own factories) and through
+    the CLI's train (engine="sim"): the same weights."""
+    from torchdecoupled.config import RunConfig
+    from torchdecoupled.data import load_dataset
+    from torchdecoupled.data.batches import Batches
+    from torchdecoupled.models import build_model
+    cfg = RunConfig(method="fdg", stages=2, dataset="mnist1d", model="mlp", model_opts={"hidden": (32, 32, 32)},
+                    epochs=2, batch_size=400, lr=0.1, dtype="float64", lr_schedule="cosine", progress=False)
+    summary = td.train(cfg)
+    data = load_dataset("mnist1d")
+    torch.manual_seed(0)
+    model = build_model("mlp", 10, data.in_shape, hidden=(32, 32, 32)).double()
+    pipe = td.Pipeline(model, "fdg", 2, engine="dist", timeout=30,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
+                       scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=2))
+    history = pipe.fit(Batches(data.train_x.double(), data.train_y, 400, 0), epochs=2, progress=False,
+                       val_data=(data.test_x.double(), data.test_y))
+    assert pipe.summary(history)["params_sha256"] == summary["params_sha256"]
+    assert history[-1]["test_acc"] == summary["test_acc"] and "idle_fraction" in history[-1]
+
+
+def test_train_can_be_called_again_in_one_process():
+    from torchdecoupled.config import RunConfig
+    cfg = RunConfig(method="bp", stages=2, dataset="digits", model="mlp", epochs=1, progress=False)
+    assert td.train(cfg)["params_sha256"] == td.train(cfg)["params_sha256"]
+
+
+def test_a_per_step_one_cycle_ends_where_a_plain_loop_does():
+    data = tiny_data()
+    steps = 3 * data.per_epoch
+
+    def sched(o):
+        return torch.optim.lr_scheduler.OneCycleLR(o, 0.5, total_steps=steps)
+
+    model = tiny_model()
+    pipe = td.Pipeline(model, "bp", 1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                       scheduler=sched, scheduler_interval="step")
+    history = pipe.fit([data.get(b) for b in range(data.per_epoch)], epochs=3, progress=False)
+    plain = tiny_model()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    s = sched(opt)
+    for b in range(steps):
+        x, y = data.get(b)
+        nn.functional.cross_entropy(plain(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        s.step()
+    assert history[-1]["lr"] == [opt.param_groups[0]["lr"]] and opt.param_groups[0]["lr"] < 0.01  # from 0.5
+    assert_same_params(model, plain)
+
+
+def test_a_dataset_with_batch_size_and_dict_batches():
+    x = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return {"pixels": x[i], "label": y[i]}
+
+    def pipe():
+        return td.Pipeline(tiny_model(classes=2), "fdg", 2, batch_keys=("pixels", "label"),
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    a, b = pipe(), pipe()
+    a.fit(Dicts(), epochs=2, batch_size=8, progress=False)
+    b.fit(DataLoader(Dicts(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)), epochs=2,
+          progress=False)  # a Dataset is shuffled by a generator seeded with the pipeline's seed
+    assert all(torch.equal(p, q) for p, q in zip(a.modules[0].parameters(), b.modules[0].parameters()))
+    with pytest.raises(ValueError, match=r"batch_keys=\('pixels', 'label'\) names 'pixels'"):
+        pipe().fit([{"x": x[:8], "y": y[:8]}], progress=False)
+    with pytest.raises(ValueError, match="pass batch_size= too"):
+        pipe().fit(Dicts(), progress=False)

@@ -216,3 +216,13 @@ def test_the_sim_engine_refuses_to_run_under_a_launcher(monkeypatch):
     pipe = td.Pipeline(_model("classes"), "fdg", 3, boundaries=[1, 2], optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     with pytest.raises(ValueError, match="engine='sim' runs every stage in one process"):
         pipe.fit(DataLoader(_data("classes"), batch_size=16), progress=False)
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+def test_under_torchrun_every_rank_cuts_where_rank_0_measured():
+    code = ("import os, torch.distributed as dist; from torchdecoupled.engines.dist import agree_on_cuts; "
+            "r = int(os.environ['RANK']); print('cuts', r, agree_on_cuts([r + 1, r + 3], None, 'cpu', None, 30))")
+    p = subprocess.run([TORCHRUN, "--nproc-per-node", "2", "--no-python", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(line for line in p.stdout.splitlines() if line.startswith("cuts")) == ["cuts 0 [1, 3]", "cuts 1 [1, 3]"]

@@ -77,6 +77,11 @@ class Pipeline:
         self.model = model
         self.modules = split(model, stages, boundaries=boundaries, balance=balance, sample=sample,
                              recompute=self.method.activations == "recompute")
+        if engine == "dist" and boundaries is None and balance == "time" and stages > 1:
+            from .engines.dist import agree_on_cuts
+            cuts = agree_on_cuts(cut_points(self.modules), backend, device or "cpu", init_method, timeout)
+            if cuts != cut_points(self.modules):
+                self.modules = split(model, stages, boundaries=cuts)
         if device is not None and engine == "sim":
             for m in self.modules:
                 m.to(device)

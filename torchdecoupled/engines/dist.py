@@ -30,7 +30,7 @@ from .dist_worker import FAULT_ENV, Fault, StageFailure, run_rank
 BACKENDS = ("gloo", "nccl")
 MAX_LOCAL_ENV = "TORCHDECOUPLED_MAX_PROCS"
 
-__all__ = ["BACKENDS", "DistJob", "DistributedError", "run", "joined", "max_local_processes"]
+__all__ = ["BACKENDS", "DistJob", "DistributedError", "agree_on_cuts", "joined", "max_local_processes", "run"]
 
 
 def max_local_processes() -> int:
@@ -47,6 +47,25 @@ def joined() -> tuple[int, int, int] | None:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def agree_on_cuts(cuts: list[int], backend: str | None, device: str, init_method: str | None,
+                  timeout: float) -> list[int]:
+    """A measured partition (balance="time") differs from process to process: under torchrun every rank
+    cuts where rank 0 measured. Joins the process group here (the run reuses it); elsewhere returns
+    ``cuts``: a launcher measures once, in the caller."""
+    if joined() is None:
+        return list(cuts)
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        rank, size, _ = joined()
+        dist.init_process_group(check_backend(backend, device), init_method=init_method or "env://", rank=rank,
+                                world_size=size, timeout=timedelta(seconds=timeout))
+    box = [list(cuts)]
+    dist.broadcast_object_list(box, src=0, group=dist.new_group(backend="gloo"))
+    return box[0]
 
 
 def run(job: DistJob, specs: list, data, val: list | None) -> dict:

@@ -226,3 +226,15 @@ def test_under_torchrun_every_rank_cuts_where_rank_0_measured():
                        capture_output=True, text=True, timeout=120, env=ENV)
     assert p.returncode == 0, p.stderr[-2000:]
     assert sorted(line for line in p.stdout.splitlines() if line.startswith("cuts")) == ["cuts 0 [1, 3]", "cuts 1 [1, 3]"]
+
+
+def test_an_unseeded_shuffle_reads_the_same_batches_on_both_engines():
+    def run(engine):
+        model = _model("classes")
+        pipe = td.Pipeline(model, "fdg", 3, boundaries=[1, 2], engine=engine, timeout=30,
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+        torch.manual_seed(5)  # the loader below draws its order from the global RNG
+        pipe.fit(DataLoader(_data("classes"), batch_size=16, shuffle=True), epochs=2, progress=False)
+        return list(model.state_dict().values())
+
+    assert all(torch.equal(a, b) for a, b in zip(run("sim"), run("dist")))

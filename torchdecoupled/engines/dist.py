@@ -102,6 +102,8 @@ def run(job: DistJob, specs: list, data, val: list | None) -> dict:
                          f"the ranks over machines with torchrun)")
     if job.init_method:
         check_init_method(job.init_method)
+    import torch
+    job.rng_state = torch.get_rng_state()  # an unseeded DataLoader shuffles in rank 0 as it would here
     payloads = (payload(job, specs[r // job.replicas], data if r == 0 else None, val if r == 0 else None)
                 for r in range(world))
     return launch(job, payloads, [_device(job.device, r) for r in range(world)], backend, fault)

@@ -95,6 +95,8 @@ class StageProcess:
         self.fault = fault if fault is not None and fault.stage == layout.stage else None
         k, D, K, m = layout.stage, layout.replicas, job.stages, job.method
         torch.set_num_threads(job.threads)
+        if job.rng_state is not None:
+            torch.set_rng_state(job.rng_state)
         keep_freed_memory()  # no page faults in the steady state (engines/malloc.py)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)

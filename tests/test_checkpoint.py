@@ -106,3 +106,15 @@ def test_resume_needs_a_checkpoint(tmp_path, capsys):
 def test_checkpoint_needs_out(capsys):
     assert main(["train", *BASE, "--checkpoint"]) == 2
     assert "--checkpoint needs --out" in capsys.readouterr().err
+
+
+def test_loss_records_of_an_older_checkpoint_still_count_their_targets():
+    from torchdecoupled.checkpoint import restore_stage, stage_state
+    from conftest import make_stages, tiny_data, tiny_model
+    data = tiny_data()
+    stages, _ = make_stages("bp", 1, tiny_model(), data, 4)
+    st = stage_state(stages[0])
+    st["losses"] = [(0, torch.tensor(2.0, dtype=torch.float64), torch.tensor(3), 8)]  # (b, loss, correct, n)
+    restore_stage(stages[0], st)
+    got = stages[0].collect(0)
+    assert (got["correct"], got["targets"], got["samples"], got["loss_sum"]) == (3, 8, 8, 16.0)

@@ -94,7 +94,9 @@ def restore_stage(s: Stage, st: dict) -> None:
     s.inflight = {b: _rebuild(s, b, rec, snaps) for b, rec in sorted(st["inflight"].items())}
     t = s.telemetry
     t.peak_bytes, t.epoch_peak_bytes = st["peak_bytes"], s.stored_bytes  # as Stage.collect left it
-    t.staleness, t.losses = list(st.get("staleness", [])), list(st.get("losses", []))
+    t.staleness = list(st.get("staleness", []))
+    # (b, loss, correct, n) in checkpoints written before accuracy became optional: n targets
+    t.losses = [r if len(r) == 5 else (*r, r[3]) for r in st.get("losses", [])]
 
 
 # ---- the file -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from .dist_layout import Layout
-from .dist_transport import PeerError, PeerTimeout, brief
+from .dist_transport import PeerError, brief, wait_for
 
 
 def split_slices(tree, parts: int) -> list:
@@ -171,14 +171,8 @@ class RemoteFeed:
         self.next_b += 1
 
     def _wait(self, work) -> None:
-        try:
-            work.wait(self.timeout)
-        except RuntimeError as e:
-            if "timed out" in str(e).lower():
-                raise PeerTimeout(f"waiting for batch {self.next_b}'s data from stage 0 (rank 0): nothing for "
-                                  f"{self.timeout.total_seconds():g} s; raise timeout= if reading a batch "
-                                  f"legitimately takes longer") from e
-            raise PeerError(f"lost stage 0 (rank 0) while waiting for batch {self.next_b}'s data: {brief(e)}") from e
+        wait_for(work, self.timeout, f"waiting for batch {self.next_b}'s data from", "stage 0 (rank 0)",
+                 "raise --timeout (timeout=) if reading a batch legitimately takes longer")
 
     def drain(self, upto: int) -> None:
         while self.next_b <= min(upto, self.num_batches - 1):

@@ -201,14 +201,8 @@ class DistTransport:
 
     def _wait(self, work, label: str, doing: str, peer: int) -> None:
         t0 = time.perf_counter_ns()
-        try:
-            work.wait(self.timeout)
-        except RuntimeError as e:
-            if "timed out" in str(e).lower():
-                raise PeerTimeout(f"{doing} {self._peer(peer)}: nothing for {self.timeout.total_seconds():g} s; the "
-                                  f"peer is alive but silent (stopped or stuck?); raise --timeout if one tick or one "
-                                  f"evaluation legitimately takes longer") from e
-            raise PeerError(f"lost {self._peer(peer)} while {doing} it: {brief(e)}") from e
+        wait_for(work, self.timeout, doing, self._peer(peer), "the peer is alive but silent (stopped or stuck?); "
+                 "raise --timeout (timeout=) if one tick or one evaluation legitimately takes longer")
         if self.on_wait is not None:
             self.on_wait(label, t0, time.perf_counter_ns())
 
@@ -220,6 +214,16 @@ class DistTransport:
         left = {s: keys[:5] for s, keys in left.items() if keys}
         if left:
             raise RuntimeError(f"stage {self.stage}: messages never used: {left}")
+
+
+def wait_for(work, timeout: timedelta, doing: str, peer: str, hint: str) -> None:
+    """Wait for a send or receive; a dead peer is a PeerError, a silent one past ``timeout`` a PeerTimeout."""
+    try:
+        work.wait(timeout)
+    except RuntimeError as e:
+        if "timed out" in str(e).lower():
+            raise PeerTimeout(f"{doing} {peer}: nothing for {timeout.total_seconds():g} s; {hint}") from e
+        raise PeerError(f"lost {peer} while {doing} it: {brief(e)}") from e
 
 
 def _what(key) -> str:

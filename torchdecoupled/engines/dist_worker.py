@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .. import checkpoint
+from ..boundary import to_device
 from ..evaluation import EvalSum
 from ..heads import build_head
 from ..metrics import MetricsWriter, progress_bar
@@ -207,7 +208,7 @@ class StageProcess:
             h = self.val_x[i] if k == 0 else tr.recv(("eval", k - 1, k, seq))
             h = s.predict(h)
             if s.is_last:
-                total.add(h, self.val_y[i])
+                total.add(h, to_device(self.val_y[i], s.device))
             else:
                 tr.send(("eval", k, k + 1, seq), h)
         if total is None:

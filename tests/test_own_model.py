@@ -239,3 +239,27 @@ def test_an_unseeded_shuffle_reads_the_same_batches_on_both_engines():
         return list(model.state_dict().values())
 
     assert all(torch.equal(a, b) for a, b in zip(run("sim"), run("dist")))
+
+
+def test_on_epoch_sees_each_record_while_the_run_goes_on():
+    seen = []
+
+    def on_epoch(rec):
+        seen.append((rec["epoch"], len(stage_processes())))  # the stage processes still run
+
+    pipe = td.Pipeline(_model("classes"), "fdg", 3, boundaries=[1, 2], engine="dist", timeout=30,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    history = pipe.fit(DataLoader(_data("classes"), batch_size=16), epochs=3, on_epoch=on_epoch, progress=False)
+    assert [e for e, _ in seen] == [0, 1, 2] and [r["epoch"] for r in history] == [0, 1, 2]
+    assert seen[0][1] == 3 and seen[1][1] == 3  # live: the run went on after epochs 0 and 1
+
+
+def test_an_exception_in_on_epoch_stops_the_run():
+    def on_epoch(rec):
+        raise RuntimeError(f"stop at epoch {rec['epoch']}")
+
+    pipe = td.Pipeline(_model("classes"), "fdg", 3, boundaries=[1, 2], engine="dist", timeout=30,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with pytest.raises(RuntimeError, match="stop at epoch 0"):
+        pipe.fit(DataLoader(_data("classes"), batch_size=16), epochs=50, on_epoch=on_epoch, progress=False)
+    assert not stage_processes()

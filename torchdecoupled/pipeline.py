@@ -224,10 +224,10 @@ class Pipeline:
 
         m = self.method
         job, specs = self.dist_parts(batches.per_epoch, epochs, progress, out, checkpoint, resume, info)
-        result = engine.run(job, specs, batches, val)
+        result = engine.run(job, specs, batches, val, on_epoch)
         self._adopt(result)
-        if on_epoch is not None:
-            for rec in result["records"]:
+        if on_epoch is not None and engine.joined() is not None and engine.joined()[0] != 0:
+            for rec in result["records"]:  # under torchrun rank 0 saw them live, the others now
                 on_epoch(rec)
         schedule = Schedule(m.family, len(self.modules), epochs * batches.per_epoch, m.order, m.accumulate)
         self.last_run = {"engine": "dist", "schedule": schedule, "peaks": result.get("peaks"),

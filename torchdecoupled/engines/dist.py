@@ -68,10 +68,11 @@ def agree_on_cuts(cuts: list[int], backend: str | None, device: str, init_method
     return box[0]
 
 
-def run(job: DistJob, specs: list, data, val: list | None) -> dict:
+def run(job: DistJob, specs: list, data, val: list | None, on_epoch=None) -> dict:
     """Train ``job`` with one process per stage x replica. Returns rank 0's result (``StageProcess.finish``:
     records, every stage's state, peaks, idle fractions); under torchrun the other ranks get their own
-    stage's state and the records."""
+    stage's state and the records. ``on_epoch(record)`` runs in this process as rank 0 writes each epoch's
+    record (launcher, or rank 0 under torchrun; the other ranks get the records when the run ends)."""
     backend = check_backend(job.backend, job.device)
     fault = Fault.parse(os.environ.get(FAULT_ENV))
     world = job.world_size
@@ -87,7 +88,8 @@ def run(job: DistJob, specs: list, data, val: list | None) -> dict:
         rendezvous = ("url", job.init_method or "env://") if ours else None
         try:
             result = run_rank(job, layout, specs[layout.stage], _device(job.device, local_rank), backend, rendezvous,
-                              None, fault, data if rank == 0 else None, val if rank == 0 else None)
+                              None, fault, data if rank == 0 else None, val if rank == 0 else None,
+                              on_epoch if rank == 0 else None)
         except StageFailure as e:
             if e.config_error:
                 raise ValueError(e.config_error) from e
@@ -106,7 +108,7 @@ def run(job: DistJob, specs: list, data, val: list | None) -> dict:
     job.rng_state = torch.get_rng_state()  # an unseeded DataLoader shuffles in rank 0 as it would here
     payloads = (payload(job, specs[r // job.replicas], data if r == 0 else None, val if r == 0 else None)
                 for r in range(world))
-    return launch(job, payloads, [_device(job.device, r) for r in range(world)], backend, fault)
+    return launch(job, payloads, [_device(job.device, r) for r in range(world)], backend, fault, on_epoch)
 
 
 def payload(job: DistJob, spec, data, val) -> bytes:

@@ -53,8 +53,9 @@ def _context():
     return mp.get_context("spawn")
 
 
-def launch(job: DistJob, payloads: list[bytes], devices: list[str], backend: str, fault: Fault | None = None):
-    """Run all ranks as child processes, rank r with ``payloads[r]``; returns rank 0's result."""
+def launch(job: DistJob, payloads, devices: list[str], backend: str, fault: Fault | None = None, on_epoch=None):
+    """Run all ranks as child processes, rank r with ``payloads[r]``; returns rank 0's result. Rank 0's
+    epoch records reach ``on_epoch`` here, in the caller's process, as they are made."""
     import torch.distributed as dist
 
     world = job.world_size
@@ -85,7 +86,7 @@ def launch(job: DistJob, payloads: list[bytes], devices: list[str], backend: str
                 conn.send_bytes(payload)
             except OSError:
                 pass  # that child is gone already: _watch says why
-        return _watch(procs, conns, progress, Layout(job.stages, job.replicas, 0))
+        return _watch(procs, conns, progress, Layout(job.stages, job.replicas, 0), on_epoch)
     finally:
         for p in procs:
             if p.is_alive():
@@ -121,7 +122,8 @@ def child_main(layout: Layout, device, backend, rendezvous, progress, conn, faul
         except (EOFError, OSError):
             os._exit(1)  # the launcher is gone
         threading.Thread(target=_exit_with_launcher, args=(conn,), daemon=True).start()
-        result = run_rank(job, layout, spec, device, backend, rendezvous, progress, fault, data, val)
+        on_record = (lambda rec: _send(conn, ("epoch", rec))) if layout.rank == 0 else None
+        result = run_rank(job, layout, spec, device, backend, rendezvous, progress, fault, data, val, on_record)
         _send(conn, ("done", result if layout.rank == 0 else None))
         code = 0
     except StageFailure as e:
@@ -160,7 +162,7 @@ def _exit_with_launcher(conn) -> None:
     os._exit(1)
 
 
-def _watch(procs, conns, progress, layout: Layout):
+def _watch(procs, conns, progress, layout: Layout, on_epoch=None):
     """Wait for every child; on the first failure raise DistributedError (the caller kills the rest)."""
     waiting = {p.sentinel: r for r, p in enumerate(procs)}
     waiting.update({c: r for r, c in enumerate(conns)})
@@ -181,9 +183,15 @@ def _watch(procs, conns, progress, layout: Layout):
                 obj = conns[r]  # read its last words before judging its exit
                 waiting.pop(obj)
             try:
-                reports[r] = pickle.loads(obj.recv_bytes())
+                msg = pickle.loads(obj.recv_bytes())
             except (EOFError, OSError):
-                pass
+                continue
+            if msg[0] == "epoch":  # rank 0's record of an epoch: more will follow
+                waiting[obj] = r
+                if on_epoch is not None:
+                    on_epoch(msg[1])
+                continue
+            reports[r] = msg
         failed = sorted({r for r, c in codes.items() if c != 0} | {r for r, m in reports.items() if m[0] == "error"})
         if not failed:
             continue

@@ -91,8 +91,9 @@ class StageProcess:
 
     def __init__(self, job: DistJob, layout: Layout, spec: StageSpec, device: str, backend: str,
                  rendezvous: tuple[str, object] | None, progress=None, fault: Fault | None = None,
-                 data=None, val: list | None = None):
+                 data=None, val: list | None = None, on_record=None):
         self.job, self.layout, self.progress, self.tick = job, layout, progress, -1
+        self.on_record = on_record  # rank 0: called with each epoch record as it is written
         self.fault = fault if fault is not None and fault.stage == layout.stage else None
         k, D, K, m = layout.stage, layout.replicas, job.stages, job.method
         torch.set_num_threads(job.threads)
@@ -189,6 +190,8 @@ class StageProcess:
             rec = merge_epoch(epoch, everyone, self.job.stages, time.perf_counter() - self.start)
             self.records.append(rec)
             self.writer.epoch(rec)
+            if self.on_record is not None:
+                self.on_record(rec)
             if bar is not None:
                 bar.set_postfix(epoch=epoch, loss=f"{rec['train_loss']:.3f}")
         if self.job.checkpoint and self.tick < self.schedule.num_ticks - 1:  # as the simulator: not the last
@@ -247,11 +250,11 @@ class StageFailure(RuntimeError):
 
 
 def run_rank(job: DistJob, layout: Layout, spec: StageSpec, device: str, backend: str, rendezvous,
-             progress=None, fault: Fault | None = None, data=None, val: list | None = None) -> dict:
+             progress=None, fault: Fault | None = None, data=None, val: list | None = None, on_record=None) -> dict:
     """This rank's whole run; returns ``StageProcess.finish``'s result; raises StageFailure."""
     proc = None
     try:
-        proc = StageProcess(job, layout, spec, device, backend, rendezvous, progress, fault, data, val)
+        proc = StageProcess(job, layout, spec, device, backend, rendezvous, progress, fault, data, val, on_record)
         proc.train()
         return proc.finish()
     except Exception as e:

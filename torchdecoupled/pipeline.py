@@ -266,15 +266,19 @@ class Pipeline:
         return evaluate(self.stages, chunks, criterion=self.criterion, metrics=self.metrics)
 
     def summary(self, records: list[dict], info: dict | None = None) -> dict:
-        """What summary.json holds for the last fit."""
+        """What summary.json holds for the last fit: time_s is the run's own clock (training and evaluation,
+        as in metrics.jsonl), fit_s the whole call (on dist: process start-up included)."""
         info, run, last = info or {}, self.last_run, records[-1] if records else {}
+        if "schedule" not in run:
+            raise ValueError("summary() describes the last fit: call fit() first")
         out = {"method": self.method.describe(), "paper": self.method.paper, "engine": self.engine,
                "stages": len(self.modules), "replicas": self.replicas, "epochs": run.get("epochs"),
                "seed": self.seed, **{k: info[k] for k in ("model", "dataset") if k in info},
                **{k: last[k] for k in ("test_acc", "test_loss", "train_loss") if k in last},
                "params_sha256": params_sha256(self.modules), "peak_stored_bytes": run.get("peaks"),
                "boundaries": self.boundaries, "delay": run["schedule"].delays, "ticks": run["schedule"].num_ticks,
-               "time_s": round(run.get("time_s", 0.0), 3), "end_of_run": "drained", "config": info,
+               "time_s": last.get("time_s", round(run.get("time_s", 0.0), 3)),
+               "fit_s": round(run.get("time_s", 0.0), 3), "end_of_run": "drained", "config": info,
                "machine": machine()}
         if run.get("engine") == "dist":
             out.update(run.get("extra", {}), rank_layout="rank = stage * replicas + replica")

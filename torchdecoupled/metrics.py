@@ -70,8 +70,13 @@ class MetricsWriter:
 
     def summary(self, summary: dict) -> None:
         if self.out:
-            with open(os.path.join(self.out, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+            write_summary(self.out, summary)
+
+
+def write_summary(out: str, summary: dict) -> None:
+    """out/summary.json."""
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

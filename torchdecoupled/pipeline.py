@@ -31,7 +31,7 @@ from .engines.sim import evaluate, run_sim
 from .evaluation import eval_chunks
 from .heads import FACTORY_FIX, HeadFactory, build_head, check_factory, stage_head
 from .methods import METHODS, get_method
-from .metrics import MetricsWriter, epoch_record, machine, params_sha256, progress_bar
+from .metrics import MetricsWriter, epoch_record, machine, params_sha256, progress_bar, write_summary
 from .partition import cut_points, split
 from .schedule import Schedule, eval_ticks
 from .stage import Stage
@@ -154,7 +154,7 @@ class Pipeline:
             records = self._fit_sim(batches, val, **run)
         self.last_run.update(epochs=epochs, per_epoch=batches.per_epoch, time_s=time.perf_counter() - start)
         if out and self.last_run.get("writes_summary", True):
-            MetricsWriter(out, records).summary(self.summary(records, run["info"]))
+            write_summary(out, self.summary(records, run["info"]))
         return records
 
     def _fit_sim(self, batches, val, *, epochs, progress, out, on_epoch, checkpoint, resume, info) -> list[dict]:

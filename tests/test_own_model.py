@@ -158,8 +158,9 @@ def test_evaluate_uses_the_criterion_and_the_metrics():
     x, y = _data("mse").tensors
     pipe.metrics = {"mae": lambda out, t: (out - t).abs().mean()}
     ev = pipe.evaluate(DataLoader(TensorDataset(x, y), batch_size=64))
-    assert ev["test_loss"] == pytest.approx(float(nn.functional.mse_loss(model(x), y)), rel=1e-9)
-    assert ev["test_mae"] == pytest.approx(float((model(x) - y).abs().mean()), rel=1e-9)
+    with torch.no_grad():
+        assert ev["test_loss"] == pytest.approx(float(nn.functional.mse_loss(model(x), y)), rel=1e-9)
+        assert ev["test_mae"] == pytest.approx(float((model(x) - y).abs().mean()), rel=1e-9)
 
 
 def test_a_second_fit_continues_the_same_stages_on_either_engine():
@@ -222,7 +223,8 @@ def test_the_sim_engine_refuses_to_run_under_a_launcher(monkeypatch):
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
 def test_under_torchrun_every_rank_cuts_where_rank_0_measured():
     code = ("import os, torch.distributed as dist; from torchdecoupled.engines.dist import agree_on_cuts; "
-            "r = int(os.environ['RANK']); print('cuts', r, agree_on_cuts([r + 1, r + 3], None, 'cpu', None, 30))")
+            "r = int(os.environ['RANK']); cuts = agree_on_cuts([r + 1, r + 3], None, 'cpu', None, 30); "
+            "os.write(1, f'cuts {r} {cuts}\\n'.encode())")  # one write: the two ranks' lines never mix
     p = subprocess.run([TORCHRUN, "--nproc-per-node", "2", "--no-python", sys.executable, "-c", code],
                        capture_output=True, text=True, timeout=120, env=ENV)
     assert p.returncode == 0, p.stderr[-2000:]

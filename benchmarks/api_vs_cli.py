@@ -92,7 +92,9 @@ def main(argv=None) -> int:
         f"ResNet-20, FDG, K = 2 stage processes x 1 thread, batch {BATCH}, {a.batches} batches of synthetic "
         f"CIFAR-shaped data, SGD; {a.repeats} runs of each, interleaved, medians. Both go through "
         "`Pipeline.fit` on the distributed engine: the CLI builds the Pipeline from its configuration, the "
-        "API run is a user's script (its own factories, a shuffled DataLoader).",
+        "API run is a user's script (its own factories, a shuffled DataLoader). Both use the default "
+        "partition (balanced parameter counts, which leaves stage 0 most of ResNet-20's compute) and count the "
+        "pipeline's fill and drain: the steady-state speed with time-balanced cuts is in speed.md.",
         "",
         "| path | images/s (training) | images/s (whole fit: start-up included) | every run (training) |",
         "|---|---|---|---|",

@@ -109,7 +109,7 @@ def source_state() -> str:
                                text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return commit
-    return f"{commit} + uncommitted changes to torchdecoupled/" if dirty else commit
+    return f"{commit} with local changes to torchdecoupled/" if dirty else commit
 
 
 def cell(recs: list[dict], seeds: int) -> str:
@@ -149,7 +149,7 @@ def render(path: str, doc: str, stages: list[int], command: str, source: str) ->
     sizes = ", ".join(str(b) for b in sorted({r["batch_size"] for r in recs}))
     mach = machine()
     lines = [
-        "# Issue 3: test accuracy on MNIST-1D (recomputation, weight prediction, local learning)",
+        "# Test accuracy on MNIST-1D (recomputation, weight prediction, local learning)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {mach['platform']}, {mach['cpus']} CPUs (shared), Python {mach['python']}, "
@@ -194,12 +194,12 @@ NOTES = [
     "against 34 and 38 with BCE; SGD with momentum 0.9 is stable for lr * eig < 3.8). At lr 0.05 it ran away "
     "(seed 2, K = 2: 1.1 at step 0, 198 at step 6, 2e16 at step 8, NaN from step 14), taking the stage output "
     "with it, and 7 of the 9 runs ended NaN or at chance: 36.1 ± 46.0, 35.2 ± 44.4, 10.2 ± 0.0 at K = 2, 3, 4 "
-    "(at lr 0.02: 92.9 ± 1.5, 90.7 ± 2.1, 92.7 ± 0.8), source 925d4d3 + uncommitted changes. With the "
+    "(at lr 0.02: 92.9 ± 1.5, 90.7 ± 2.1, 92.7 ± 0.8), source 925d4d3 with local changes. With the "
     "reference's BCE no run fails, lr 0.05 and lr 0.02 give the same accuracy within the spread, and InfoPro is "
     "within about one standard deviation of DGL (0.8 points lower at K = 2 and 4, level at K = 3); the lr 0.02 "
     "row is kept only for that comparison. Re-run with `python benchmarks/accuracy_recompute.py --epochs 40 "
-    "--seeds 0,1,2 --lrs 0.05 --methods infopro --rerun --source \"925d4d3 + uncommitted changes to "
-    "torchdecoupled/\"` (the MSE records are in runs/accuracy_issue3.replaced.jsonl).",
+    "--seeds 0,1,2 --lrs 0.05 --methods infopro --rerun --source \"925d4d3 with local changes to "
+    "torchdecoupled/\"` (the MSE records are in runs/accuracy_methods.replaced.jsonl).",
     "",
 ]
 
@@ -210,8 +210,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--stages", default="2,3,4")
     p.add_argument("--lrs", default="0.05", help="comma-separated learning rates, one table each")
-    p.add_argument("--results", default="runs/accuracy_issue3.jsonl")
-    p.add_argument("--doc", default="docs/accuracy_issue3.md")
+    p.add_argument("--results", default="runs/accuracy_methods.jsonl")
+    p.add_argument("--doc", default="docs/accuracy_methods.md")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--methods", help="comma-separated methods (e.g. infopro): run only their rows; the table "
                    "still shows every row in --results")

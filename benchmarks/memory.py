@@ -102,7 +102,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---:|---:|",
         *rows,
         "",
-        "Acceptance (issue 3): recompute holds stage 0 at K = 4 to at most a third of FDG's:",
+        "Acceptance: recompute holds stage 0 at K = 4 to at most a third of FDG's:",
         "",
         *[f"- {m} ({part}): {r:.3f} of FDG's stage 0 ({rl:.3f} with the live graph): "
           f"{'PASS' if r <= 1 / 3 and rl <= 1 / 3 else 'FAIL'}" for m, part, r, rl in checks],

@@ -17,7 +17,7 @@ def test_fdg_on_three_stages_ends_within_1_5_points_of_bp_on_mnist1d():
 
 
 def test_recompute_holds_stage_0_at_k4_to_a_third_of_fdg_on_resnet56():
-    """Issue 3: on ResNet-56, K = 4, batch 128, DSP's and DTRP's stage 0 stores at most a third of FDG's
+    """On ResNet-56, K = 4, batch 128, DSP's and DTRP's stage 0 stores at most a third of FDG's
     (benchmarks/memory.py's measurement, live recompute graph included)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     from memory import measure

@@ -202,7 +202,7 @@ def test_infopro_target_is_the_reference_restored_image():
 def test_infopro_reconstruction_gradient_is_bounded(kind):
     # sigmoid + BCE: d(recon)/d(decoder output) = (sigmoid(z) - x01) / numel, at most 1 / numel per element
     # whatever the decoder outputs. MSE against x0 (this head before) gave 2 (z - x0) / numel: a decoder
-    # that overshoots gets a gradient that grows with it, which ran away at lr 0.05 (docs/accuracy_issue3.md)
+    # that overshoots gets a gradient that grows with it, which ran away at lr 0.05 (docs/accuracy_methods.md)
     feature_shape, input_shape = {**KINDS, **EXTRA}[kind]
     head = make_head("infopro", feature_shape, 3, input_shape, lambda1=5.0, lambda2=0.0, seed=0)
     h, y, x0 = batch(feature_shape, input_shape)

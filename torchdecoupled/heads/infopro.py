@@ -23,7 +23,7 @@ networks/resnet.py). The local loss of module k (the reference code's
   is only stable for lr * eig < 2 (1 + 0.9) = 3.8. At lr 0.05 the MSE term ran away (MNIST-1D K = 2
   seed 2: 1.1 at step 0, 2e16 at step 8, NaN from step 14; digits K = 3: 1.7 -> 1e20 in 11 steps,
   stage outputs to 1e16 and the last stage's loss to 1e35), and 7 of 9 MNIST-1D runs (K = 2, 3, 4,
-  40 epochs) ended NaN or at chance. See docs/accuracy_issue3.md.
+  40 epochs) ended NaN or at chance. See docs/accuracy_methods.md.
 - decoder: interpolate h (bilinear for 2D, linear for 1D) to x0's spatial size, then
   [3x3 conv C->12, BN, ReLU, 3x3 conv 12->C_in] (the reference decoder, less the first conv's bias,
   which the BN cancels; its sigmoid is folded into the loss, ``binary_cross_entropy_with_logits``, for

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from checkpoint_cases import keep_each_checkpoint
 from conftest import tiny_data
 from torchdecoupled import checkpoint
 from torchdecoupled.cli import main
@@ -27,12 +28,14 @@ BASE = ["--dataset", "mnist1d", "--model", "cnn1d_bn", "--batch-size", "500", "-
     ["dtrp", "--stages", "3", "--predictor", "momentum"], ["dtrp", "--stages", "3", "--predictor", "delta"],
     ["dgl", "--stages", "3"], ["infopro", "--stages", "3"],                                # auxiliary heads
 ], ids=lambda m: "-".join(a for a in m if not a.startswith("-") and not a.isdigit()))
-def test_resume_is_bit_exact(tmp_path, method):
+def test_resume_is_bit_exact(tmp_path, monkeypatch, method):
     epochs = ["--epochs", "3" if method[0] in ("fdg", "adl", "ddg") else "2"]  # resumed after epoch 1 or 0
     a, b = tmp_path / "a", tmp_path / "b"
+    after = keep_each_checkpoint(monkeypatch)
     assert main(["train", "--method", *method, *BASE, *epochs, "--out", str(a), "--checkpoint"]) == 0
-    assert (a / "checkpoint.pt").exists()  # taken after every epoch but the last
-    assert main(["train", "--method", *method, *BASE, *epochs, "--out", str(b), "--resume", str(a)]) == 0
+    assert checkpoint.read(str(a / "checkpoint.pt"))["finished"]  # taken after every epoch, the last too
+    stopped = after(a, int(epochs[1]) - 2)  # the run stopped after the epoch before the last
+    assert main(["train", "--method", *method, *BASE, *epochs, "--out", str(b), "--resume", stopped]) == 0
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["params_sha256"] == sb["params_sha256"]
     ra, rb = ((d / "metrics.jsonl").read_text().splitlines() for d in (a, b))
@@ -96,6 +99,20 @@ def test_resume_after_any_tick_is_bit_exact(tmp_path, name):
         if digest(stages) != want:
             wrong.append(t)
     assert wrong == [], f"{name}: resuming after these ticks changes the weights"
+
+
+def test_the_last_epochs_checkpoint_resumes_to_nothing_more(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["train", "--method", "fdg", "--stages", "3", *BASE, "--epochs", "2"]
+    assert main([*args, "--out", str(a), "--checkpoint"]) == 0
+    state = checkpoint.read(str(a / "checkpoint.pt"))
+    assert state["finished"] and [r["epoch"] for r in state["records"]] == [0, 1]
+    assert all(not st["inflight"] for st in state["replicas"][0]["stages"]) and not state["replicas"][0]["messages"]
+    assert main([*args, "--out", str(b), "--resume", str(a)]) == 0
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["params_sha256"] == sb["params_sha256"] and sa["test_acc"] == sb["test_acc"]
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()  # the clock too: nothing ran
+    assert (a / "model.pt").read_bytes() == (b / "model.pt").read_bytes()
 
 
 def test_resume_needs_a_checkpoint(tmp_path, capsys):

@@ -1,9 +1,13 @@
 """The command line and the run directory: metrics.jsonl, summary.json, determinism, clear errors."""
+import argparse
 import json
+import re
 
 import pytest
+import torch
 
-from torchdecoupled.cli import main
+from torchdecoupled.cli import main, parser
+from torchdecoupled.config import DATASET_DEFAULTS, RunConfig
 
 TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "2", "--batch-size", "64", "--no-progress"]
 
@@ -73,6 +77,9 @@ def test_schedule_draws_a_grid(capsys):
     (["train", "--partition", "3,x"], "bad --partition '3,x'"),
     (["train", "--replicas", "2"], "--replicas 2 needs --engine dist"),
     (["schedule", "--method", "adl", "--accumulate", "0"], "accumulate must be >= 1, got 0"),
+    (["train", "--device", "gpu0"], "bad --device 'gpu0' (valid: cpu, cuda, cuda:N)"),
+    (["train", "--tensorboard"], "--tensorboard needs --out DIR"),
+    (["compare", "--methods", "bp,fgd"], "unknown method 'fgd'"),
 ])
 def test_bad_input_gets_one_clear_line(argv, msg, capsys):
     assert main(argv + ["--no-progress"] if argv[0] == "train" else argv) == 2
@@ -110,3 +117,62 @@ def run_train_args(tmp_path, argv):
     assert main(["train", "--out", str(out), *argv]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return records, json.loads((out / "summary.json").read_text())
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    return next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def help_of(cmd: str, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cmd", ["train", "compare", "schedule"])
+def test_every_option_says_its_default(cmd):
+    for action in subcommand(cmd)._actions:
+        if action.dest not in ("help", "json"):
+            assert "default" in action.help, f"{cmd} {action.option_strings}: {action.help}"
+
+
+def test_help_shows_defaults_and_the_dataset_defaults(capsys):
+    out = help_of("train", capsys)
+    for name, (model, epochs, bs, lr) in DATASET_DEFAULTS.items():
+        assert re.search(rf"^  {name} +{model} +{epochs} +{bs} +{lr:g}$", out, re.M), name
+    text = " ".join(out.split())
+    for shown in ("number of stages K (default 3)", "(default fdg)", "(default sgd)", "(default 0.9;",
+                  "(default 0.0005)", "(default cosine)", "(default float32)", "(default cpu;", "(default 60)",
+                  "(default 1: the same command gives the same numbers)", "ADL (default 2), BP (default 1)"):
+        assert shown in text, shown
+    assert "cnn1d for mnist1d" not in text and "torch's" not in text  # both were wrong
+
+
+def test_compare_and_schedule_offer_only_what_they_use(capsys):
+    text = " ".join(help_of("compare", capsys).split())
+    assert "--resume" not in text and "--methods METHODS" in text and "(default bp,fdg)" in text
+    text = " ".join(help_of("schedule", capsys).split())
+    assert "--order" in text and "--accumulate" in text and "(default 8)" in text and "--beta" not in text
+    assert "Only the method's family, --order and --accumulate shape the grid" in text
+    for argv in (["compare", "--resume", "x"], ["schedule", "--beta", "0.5"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_line(capsys):
+    assert main(["train", "--device", "cuda", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert "--device cuda: torch.cuda.is_available() is False here" in err and "use --device cpu" in err
+
+
+def test_cuda_index_is_checked_against_the_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert RunConfig(device="cuda:1").resolved().device == "cuda:1"
+    with pytest.raises(ValueError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\) \(valid: cuda, "
+                                         r"cuda:0 to cuda:1\)"):
+        RunConfig(device="cuda:2").resolved()

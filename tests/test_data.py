@@ -56,7 +56,7 @@ def test_synthetic_is_seeded_and_shaped():
 
 
 def test_unknown_dataset_and_bad_records():
-    with pytest.raises(ValueError, match=r"unknown dataset 'cifar' \(valid: cifar10, cifar100, digits, mnist, mnist1d"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar' \(valid: cifar10, cifar100, digits, fashion_mnist, folder, mnist, mnist1d"):
         load_dataset("cifar")
     with pytest.raises(ValueError, match="float32"):
         Dataset("d", torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.int64),

@@ -220,13 +220,15 @@ def test_trains_end_to_end_on_mnist1d(name):
 
 
 @pytest.mark.parametrize("extra", [[], ["--predictor", "delta"], ["--momentum", "0"]])
-def test_dtrp_resumes_bit_exact_with_its_predictor_state(tmp_path, extra):
+def test_dtrp_resumes_bit_exact_with_its_predictor_state(tmp_path, monkeypatch, extra):
     # order "bf" updates before the first forward after a resume: the predictor must have seen that update
+    from checkpoint_cases import keep_each_checkpoint
     from torchdecoupled.cli import main
     base = ["train", "--method", "dtrp", "--stages", "3", "--dataset", "mnist1d", "--batch-size", "500",
             "--epochs", "3", "--no-progress", *extra]
     a, b = tmp_path / "a", tmp_path / "b"
+    after = keep_each_checkpoint(monkeypatch)
     assert main([*base, "--out", str(a), "--checkpoint"]) == 0
-    assert main([*base, "--out", str(b), "--resume", str(a)]) == 0
+    assert main([*base, "--out", str(b), "--resume", after(a, 1)]) == 0  # stopped after epoch 1 of 3
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["params_sha256"] == sb["params_sha256"]

@@ -10,8 +10,9 @@ from torch import nn
 
 from .compensate import flop_boundaries
 from .config import RunConfig
-from .data import load_dataset
+from .data import FolderData, load_dataset
 from .data.batches import Batches
+from .data.loader import training_data
 from .methods import Method, get_method
 from .models import build_model
 from .schedule import Schedule
@@ -25,7 +26,7 @@ class Run:
     method: Method
     schedule: Schedule
     dataset: object
-    batches: Batches
+    batches: object  # Batches, or LoaderBatches over a streamed dataset's DataLoader
     modules: list[nn.Sequential]
 
 
@@ -61,23 +62,33 @@ def parse_partition(spec: str) -> dict:
 
 
 def build_pipeline(cfg: RunConfig) -> tuple:
-    """A CLI run as Python objects: (Pipeline, dataset, training Batches). The zoo's model is built
-    under ``torch.manual_seed(cfg.seed)``; every process that builds it gets the same weights."""
+    """A CLI run as Python objects: (Pipeline, dataset, training data). The training data is the zoo's
+    ``Batches``, or for a dataset streamed from disk ("folder") a DataLoader whose workers decode the
+    files; ``dataset.validation(dtype)`` is the matching ``val_data``. The zoo's model is built under
+    ``torch.manual_seed(cfg.seed)``; every process that builds it gets the same weights."""
     from .pipeline import Pipeline
 
     cfg = cfg.resolved()
     dtype = getattr(torch, cfg.dtype)
     method = get_method(cfg.method, **cfg.method_opts)
-    data = load_dataset(cfg.dataset, root=cfg.data_root)
+    data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_shape, **cfg.model_opts).to(dtype)
-    batches = Batches(data.train_x.to(dtype), data.train_y, cfg.batch_size, cfg.seed, augment=data.augment)
+    streamed = isinstance(data, FolderData)
+    if streamed:  # fit's first pass over it is epoch 0: nothing here iterates it
+        batches = data.train_loader(cfg.batch_size, cfg.seed, dtype)
+    else:
+        batches = Batches(data.train_x.to(dtype), data.train_y, cfg.batch_size, cfg.seed, augment=data.augment)
+
+    def first_inputs(n: int) -> torch.Tensor:
+        return data.sample(n, dtype) if streamed else batches.get(0)[0][:n]
+
     part = parse_partition(cfg.partition or method.partition)  # None: the method's default
     recompute = method.activations == "recompute"
     if part.get("balance") == "time":
-        part["sample"] = batches.get(0)[0]
+        part["sample"] = first_inputs(cfg.batch_size)
     if part.get("balance") == "flops":  # DTRP's batch compensation (compensate.py): FLOPs, deterministic
-        part = {"boundaries": flop_boundaries(model, cfg.stages, batches.get(0)[0][:2], recompute=recompute)}
+        part = {"boundaries": flop_boundaries(model, cfg.stages, first_inputs(2), recompute=recompute)}
     opts = dict(cfg.method_opts)
     head = opts.pop("head", None)
     local = method.family == "local"
@@ -93,6 +104,7 @@ def build_run(cfg: RunConfig) -> Run:
     """The simulator's parts of a CLI run, for tests and benchmarks that drive stages themselves."""
     cfg = cfg.resolved()
     pipe, data, batches = build_pipeline(cfg)
+    batches = training_data(batches)  # a DataLoader gets random access by batch index
     m = pipe.method
     schedule = Schedule(m.family, cfg.stages, cfg.epochs * batches.per_epoch, m.order, m.accumulate)
     return Run(cfg, m, schedule, data, batches, pipe.modules)

@@ -13,7 +13,10 @@ One file, the same for both engines: ``replicas[r]`` holds replica r's pipeline,
 stage k], "messages": {key: tensor}}``; the simulator writes one replica, the distributed engine D
 (``engines/dist_checkpoint.py``). So a checkpoint of a simulator run resumes under ``--engine dist`` and
 the other way round (D = 1). A checkpoint resumes only the run that wrote it: ``check_config`` refuses
-another method, model, seed, batch size ... with the values and the fix.
+another method, model, seed, batch size ... with the values and the fix. The checkpoint after the last
+epoch holds a drained pipeline; ``resume`` says where a run continues it (nothing left, or more epochs).
+
+A run directory also gets ``model.pt`` (``save_model``): the final weights alone, for use without us.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import dataclasses
 import os
 
 import torch
+from torch import nn
 from torch.utils._pytree import tree_map
 
 from .boundary import clone_tree, require_grad
@@ -30,6 +34,7 @@ from .transport import LocalTransport
 
 FORMAT = 2
 FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"  # a run directory's final weights (save_model)
 # what the saved computation depends on; the partition is compared as cut points (check_boundaries)
 MUST_MATCH = ("method", "stages", "replicas", "dataset", "model", "model_opts", "batch_size", "optimizer",
               "lr", "momentum", "weight_decay", "lr_schedule", "milestones", "seed", "dtype")
@@ -101,11 +106,15 @@ def restore_stage(s: Stage, st: dict) -> None:
 
 # ---- the file -------------------------------------------------------------------------------------
 def make(tick: int, records: list[dict], config: dict, replicas: list[dict], boundaries=None,
-         batches_per_epoch: int | None = None) -> dict:
-    """The checkpoint of the state after ``tick``; ``replicas[r] = {"stages": [...], "messages": {...}}``."""
+         batches_per_epoch: int | None = None, run: tuple[int, int, bool] = (0, 0, False)) -> dict:
+    """The checkpoint of the state after ``tick``; ``replicas[r] = {"stages": [...], "messages": {...}}``;
+    ``run``: (epochs of the run, the epoch its schedule started at, whether ``tick`` is its last: see
+    ``resume``)."""
+    epochs, first_epoch, finished = run
     return {"format": FORMAT, "tick": tick, "records": records, "config": dict(config),
             "boundaries": None if boundaries is None else list(boundaries),
-            "batches_per_epoch": batches_per_epoch, "replicas": replicas}
+            "batches_per_epoch": batches_per_epoch, "epochs": epochs, "first_epoch": first_epoch,
+            "finished": finished, "replicas": replicas}
 
 
 def write(path: str, state: dict) -> None:
@@ -119,10 +128,22 @@ def write(path: str, state: dict) -> None:
 
 
 def save(path: str, stages: list[Stage], transport: LocalTransport, tick: int, records: list[dict],
-         config: dict, boundaries=None, batches_per_epoch: int | None = None) -> None:
-    """The simulator's checkpoint: every stage, and the mailbox, after ``tick``."""
+         config: dict, boundaries=None, batches_per_epoch: int | None = None,
+         run: tuple[int, int, bool] = (0, 0, False)) -> None:
+    """The simulator's checkpoint: every stage, and the mailbox, after ``tick`` (``run``: see ``make``)."""
     part = {"stages": [stage_state(s) for s in stages], "messages": dict(transport.box)}
-    write(path, make(tick, records, config, [part], boundaries, batches_per_epoch))
+    write(path, make(tick, records, config, [part], boundaries, batches_per_epoch, run))
+
+
+def save_model(directory: str, model) -> str:
+    """``directory/model.pt``: the whole model's state_dict (an nn.Module, or the list of blocks a Pipeline
+    took), CPU tensors in a plain dict, loadable without torchdecoupled:
+    ``model.load_state_dict(torch.load(path, weights_only=True))``. Returns the path."""
+    if not isinstance(model, nn.Module):
+        model = nn.Sequential(*model)
+    path = os.path.join(directory, MODEL_FILE)
+    write(path, {name: t.detach().cpu() for name, t in model.state_dict().items()})
+    return path
 
 
 def read(path: str, map_location=None) -> dict:
@@ -175,7 +196,8 @@ def check_config(state: dict, cfg, path: str):
     ``--epochs`` may change (grow, or shrink) when nothing already run depends on it: the learning-rate
     schedule is not cosine (which anneals over the epochs), and no stage had reached the last batch of
     either run by the checkpoint's tick (a schedule's ticks up to t involve batches <= t only, and differ
-    between two batch counts N only in whether b < N and b == N - 1)."""
+    between two batch counts N only in whether b < N and b == N - 1). A finished run (its checkpoint
+    taken after the last tick) may grow, unless cosine: ``resume`` runs the epochs added."""
     old = state.get("config") or {}
     if not old:  # written by hand (tests): nothing to compare
         return cfg
@@ -201,7 +223,11 @@ def _check_epochs(state: dict, old: int, cfg, path: str) -> None:
     per_epoch, tick = state.get("batches_per_epoch"), state["tick"]
     if old == cfg.epochs or per_epoch is None:
         return
-    need = (tick + 1) // per_epoch + 1  # epochs whose batches are not all forwarded at stage 0 by the tick
+    if state.get("finished"):
+        _check_extension(old, cfg, path)
+        return
+    # epochs whose batches are not all forwarded at stage 0 by the tick (of a schedule from first_epoch on)
+    need = state.get("first_epoch", 0) + (tick + 1) // per_epoch + 1
     why = None
     if cfg.lr_schedule == "cosine":
         why = "the cosine learning-rate schedule anneals over the epochs of the run"
@@ -211,6 +237,17 @@ def _check_epochs(state: dict, old: int, cfg, path: str) -> None:
         fix = f"{old}" if cfg.lr_schedule == "cosine" or old < need else f"{need} or more"
         raise ValueError(f"checkpoint {path!r} was written by a {old}-epoch run and this run has --epochs "
                          f"{cfg.epochs}, but {why}: resume with --epochs {fix}")
+
+
+def _check_extension(old: int, cfg, path: str) -> None:
+    if cfg.epochs < old:
+        raise ValueError(f"checkpoint {path!r} holds a finished {old}-epoch run and this run has --epochs "
+                         f"{cfg.epochs}: resume with --epochs {old} (nothing more to run) or more (to extend it)")
+    if cfg.lr_schedule == "cosine":
+        raise ValueError(f"checkpoint {path!r} holds a finished {old}-epoch run whose cosine learning-rate schedule "
+                         f"annealed over those {old} epochs, so it cannot be extended to --epochs {cfg.epochs}: "
+                         f"train afresh with --epochs {cfg.epochs} (with --lr-schedule step or none, a finished "
+                         f"run can be extended later)")
 
 
 def check_boundaries(state: dict, cuts: list[int], path: str, partition: str | None = None) -> None:

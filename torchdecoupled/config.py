@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from .methods import get_method
+from .models import MODELS
 
 # Sensible defaults per dataset: (model, epochs, batch size, lr)
 DATASET_DEFAULTS = {
@@ -14,9 +18,13 @@ DATASET_DEFAULTS = {
     "cifar10": ("resnet56", 300, 128, 0.1),
     "cifar100": ("resnet56", 300, 128, 0.1),
     "mnist": ("cnn2d", 10, 128, 0.05),
+    "fashion_mnist": ("cnn2d", 20, 128, 0.05),
+    "folder": ("resnet20", 30, 128, 0.1),   # a user's image folder, resized to 3x32x32
 }
 LR_SCHEDULES = ("none", "cosine", "step")
 DTYPES = ("float32", "float64")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 @dataclass
@@ -26,6 +34,7 @@ class RunConfig:
     stages: int = 3
     dataset: str = "mnist1d"
     data_root: str | None = None
+    download: bool = False             # fetch a missing MNIST/Fashion-MNIST/CIFAR into data_root, SHA-256 checked
     model: str | None = None          # None: the dataset's default
     model_opts: dict = field(default_factory=dict)
     epochs: int | None = None
@@ -48,8 +57,9 @@ class RunConfig:
     init_method: str | None = None     # dist engine: e.g. tcp://host:port or file:///path (default: free port)
     trace: bool = True                 # dist engine: record the timeline (Chrome trace + Gantt PNG)
     out: str | None = None
+    tensorboard: bool = False          # write TensorBoard event files into out
     progress: bool = True
-    checkpoint: bool = False           # save out/checkpoint.pt after every epoch but the last
+    checkpoint: bool = False           # save out/checkpoint.pt after every epoch
     resume: str | None = None          # run directory whose checkpoint.pt to continue from (either engine)
     threads: int | None = None
 
@@ -73,10 +83,20 @@ class RunConfig:
             raise ValueError(f"--batch-size must be >= 1, got {c.batch_size}")
         if c.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {c.lr}")
+        if c.model not in MODELS:
+            raise ValueError(f"unknown --model {c.model!r} (valid: {', '.join(sorted(MODELS))})")
+        if c.optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown --optimizer {c.optimizer!r} (valid: {', '.join(OPTIMIZERS)}; the Python API "
+                             f"takes any torch.optim optimizer)")
+        if c.momentum < 0 or c.weight_decay < 0:
+            raise ValueError(f"--momentum and --weight-decay must be >= 0, got {c.momentum} and {c.weight_decay}")
         if c.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown --lr-schedule {c.lr_schedule!r} (valid: {', '.join(LR_SCHEDULES)})")
         if c.dtype not in DTYPES:
             raise ValueError(f"unknown --dtype {c.dtype!r} (valid: {', '.join(DTYPES)})")
+        check_device(c.device)
+        if c.threads is not None and c.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {c.threads}")
         if c.engine not in ("sim", "dist"):
             raise ValueError(f"unknown --engine {c.engine!r} (valid: sim, dist)")
         if c.replicas < 1:
@@ -87,8 +107,25 @@ class RunConfig:
             raise ValueError(f"--timeout must be > 0 seconds, got {c.timeout}")
         if c.checkpoint and not c.out:
             raise ValueError("--checkpoint needs --out DIR (the checkpoint is DIR/checkpoint.pt)")
+        if c.tensorboard and not c.out:
+            raise ValueError("--tensorboard needs --out DIR (the event files go into DIR)")
         c.milestones = tuple(int(m) for m in c.milestones)
         return c
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def check_device(device: str) -> None:
+    """A device this machine has, or a one-line ValueError naming it and the valid forms."""
+    if not DEVICE.fullmatch(device):
+        raise ValueError(f"bad --device {device!r} (valid: cpu, cuda, cuda:N)")
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch.cuda.is_available() is False here (torch {torch.__version__}): "
+                         f"use --device cpu, or a CUDA build of torch on a machine with a GPU (README: GPU users)")
+    n = torch.cuda.device_count()
+    if ":" in device and int(device.split(":")[1]) >= n:
+        raise ValueError(f"--device {device}: this machine has {n} CUDA device(s) (valid: cuda, cuda:0 to "
+                         f"cuda:{n - 1})")

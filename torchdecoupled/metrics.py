@@ -1,4 +1,5 @@
-"""Run outputs: metrics.jsonl (one JSON object per epoch), summary.json, and the parameter hash."""
+"""Run outputs: the epoch record, metrics.jsonl (one JSON object per epoch) with metrics.csv and TensorBoard
+beside it (logs.py), summary.json, the parameter hash, and the progress shown while a run trains."""
 from __future__ import annotations
 
 import hashlib
@@ -6,9 +7,14 @@ import json
 import os
 import platform
 import subprocess
+import sys
+import time
 from typing import Sequence
 
 import torch
+from tqdm import tqdm
+
+from .logs import CsvLog, TensorBoardLog
 
 
 def params_sha256(modules: Sequence[torch.nn.Module]) -> str:
@@ -55,22 +61,33 @@ def machine() -> dict:
 
 
 class MetricsWriter:
-    def __init__(self, out: str | None, records: Sequence[dict] = ()):
-        """Start metrics.jsonl afresh, holding ``records`` (the epochs before a resume)."""
-        self.out = out
+    """A run directory's per-epoch files: metrics.jsonl and metrics.csv, and with ``tensorboard=True``
+    TensorBoard event files in ``out/tensorboard/`` (needs the ``tensorboard`` package). ``out=None``
+    writes nothing (a process that is not rank 0)."""
+
+    def __init__(self, out: str | None, records: Sequence[dict] = (), tensorboard: bool = False):
+        """Start the files afresh, holding ``records`` (the epochs before a resume)."""
+        self.out, self.csv, self.tensorboard = out, None, None
         if out:
             os.makedirs(out, exist_ok=True)
             with open(os.path.join(out, "metrics.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
+            self.csv = CsvLog(os.path.join(out, "metrics.csv"), records)
+            if tensorboard:
+                self.tensorboard = TensorBoardLog(os.path.join(out, "tensorboard"), records)
 
     def epoch(self, rec: dict) -> None:
         if self.out:
             with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            self.csv.epoch(rec)
+            if self.tensorboard is not None:
+                self.tensorboard.epoch(rec)
 
-    def summary(self, summary: dict) -> None:
-        if self.out:
-            write_summary(self.out, summary)
+    def close(self) -> None:
+        """Close the TensorBoard writer (every epoch is on disk already)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def write_summary(out: str, summary: dict) -> None:
@@ -79,9 +96,60 @@ def write_summary(out: str, summary: dict) -> None:
         json.dump(summary, f, indent=2)
 
 
-def progress_bar(total: int, enabled: bool, desc: str):
-    """A tqdm bar of ticks on stderr, or None."""
+def progress_bar(total: int, enabled: bool, desc: str, epochs: int | None = None, stream=None):
+    """Progress on ``stream`` (default stderr): a tqdm bar of ticks on a terminal, else (a log file, CI) one
+    plain line per epoch; None if not enabled. Both take ``update(ticks)``, ``epoch(rec)`` after every
+    epoch, ``set_postfix(epoch=..., **fields)`` and ``close()``. ``epochs``: the run's total, for
+    ``epoch 2/40``."""
     if not enabled:
         return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="tick", leave=False, dynamic_ncols=True)
+    stream = sys.stderr if stream is None else stream
+    if _isatty(stream):
+        return _Bar(total, desc, epochs, stream)
+    return EpochLines(desc, epochs, stream)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+class _Bar(tqdm):
+    def __init__(self, total: int, desc: str, epochs: int | None, stream):
+        super().__init__(total=total, desc=desc, unit="tick", leave=False, dynamic_ncols=True, file=stream)
+        self.epochs = epochs
+
+    def epoch(self, rec: dict) -> None:
+        of = f"/{self.epochs}" if self.epochs else ""
+        self.set_postfix(epoch=f"{rec['epoch'] + 1}{of}", loss=f"{rec['train_loss']:.3f}")
+
+
+class EpochLines:
+    """Progress where carriage returns would pile up: one line per epoch, e.g.
+    ``fdg K=3 epoch 2/40 train_loss 0.512 test_acc 0.871 12.3 s``."""
+
+    FIELDS = ("train_loss", "test_loss", "test_acc")
+
+    def __init__(self, desc: str, epochs: int | None, stream):
+        self.desc, self.epochs, self.stream = desc, epochs, stream
+        self.start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        """Ticks count only on a terminal's bar."""
+
+    def epoch(self, rec: dict) -> None:
+        fields = {k: rec[k] for k in self.FIELDS if isinstance(rec.get(k), (int, float))}
+        self.set_postfix(epoch=rec["epoch"], seconds=rec.get("time_s"), **fields)
+
+    def set_postfix(self, epoch: int, seconds: float | None = None, **fields) -> None:
+        """Print one line: ``epoch`` is 0-based (printed 1-based, as ``epoch 1/40``), ``seconds`` the run's
+        clock (default: since this object was made)."""
+        of = f"/{self.epochs}" if self.epochs else ""
+        shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()]
+        took = time.perf_counter() - self.start if seconds is None else seconds
+        print(" ".join([self.desc, f"epoch {epoch + 1}{of}", *shown, f"{took:.1f} s"]), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Nothing to clear: every line is final."""

@@ -26,11 +26,13 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import resume as resuming
 from .data.loader import training_data
 from .engines.sim import evaluate, run_sim
 from .evaluation import eval_chunks
 from .heads import FACTORY_FIX, HeadFactory, build_head, check_factory, stage_head
 from .methods import METHODS, get_method
+from .logs import require_tensorboard
 from .metrics import MetricsWriter, epoch_record, machine, params_sha256, progress_bar, write_summary
 from .partition import cut_points, split
 from .schedule import Schedule, eval_ticks
@@ -131,46 +133,55 @@ class Pipeline:
     # ---- training -------------------------------------------------------------------------------------
     def fit(self, data, epochs: int = 1, *, val_data=None, batch_size: int | None = None, progress: bool = True,
             out: str | None = None, on_epoch: Callable[[dict], None] | None = None, checkpoint: bool = False,
-            resume: str | None = None, info: dict | None = None) -> list[dict]:
+            resume: str | None = None, info: dict | None = None, tensorboard: bool = False) -> list[dict]:
         """Train for ``epochs`` passes over ``data`` (an iterable of batches with a length, e.g. a DataLoader;
         or a Dataset with ``batch_size``); evaluate ``val_data`` ((x, y) tensors or an iterable of batches,
         read once per fit) after every epoch. Returns the history: one dict per epoch (metrics.jsonl's
-        records). ``out``: the run directory (metrics.jsonl, summary.json; timeline on dist); checkpoint:
-        write ``out/checkpoint.pt`` after every epoch but the last; resume: a checkpoint file to continue;
-        info: what describes the run, stored in the checkpoint and the summary. A second fit continues
-        the same stages (optimizer, scheduler and predictor state kept)."""
+        records). ``out``: the run directory (metrics.jsonl, summary.json, model.pt: the final weights; the
+        timeline on dist); checkpoint: write ``out/checkpoint.pt`` after every epoch; resume: a checkpoint
+        file to continue, ``epochs`` counting the epochs before it (a finished run's: more extend it, see
+        ``resume.py``); info: what describes the run, stored in the checkpoint and the summary. A second
+        fit continues the same stages (optimizer, scheduler and predictor state kept)."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1 (got {epochs!r})")
         if checkpoint and not out:
             raise ValueError("checkpoint=True needs out= (the checkpoint is out/checkpoint.pt)")
+        if tensorboard and not out:
+            raise ValueError("tensorboard=True needs out= (the event files go into out/tensorboard/)")
+        if tensorboard:
+            require_tensorboard()
         batches = training_data(data, batch_size, self.seed, self.batch_keys)
         val = list(eval_chunks(val_data, keys=self.batch_keys)) if val_data is not None else None
+        state = ckpt.read(resume) if resume else None
         run = dict(epochs=epochs, progress=progress, out=out, on_epoch=on_epoch, checkpoint=checkpoint,
-                   resume=resume, info=dict(info or {}))
+                   tensorboard=tensorboard, begin=resuming.start(state, epochs, self.method), info=dict(info or {}))
         start = time.perf_counter()
         if self.engine == "dist":
-            records = self._fit_dist(batches, val, **run)
+            records = self._fit_dist(batches, val, resume=resume, **run)
         else:
-            records = self._fit_sim(batches, val, **run)
+            records = self._fit_sim(batches, val, state=state, **run)
         self.last_run.update(epochs=epochs, per_epoch=batches.per_epoch, time_s=time.perf_counter() - start)
-        if out and self.last_run.get("writes_summary", True):
+        if out and self.last_run.get("writes_summary", True):  # under torchrun: rank 0, holding every stage
+            ckpt.save_model(out, self.model)
             write_summary(out, self.summary(records, run["info"]))
         return records
 
-    def _fit_sim(self, batches, val, *, epochs, progress, out, on_epoch, checkpoint, resume, info) -> list[dict]:
+    def _fit_sim(self, batches, val, *, epochs, progress, out, on_epoch, checkpoint, state, begin, info,
+                 tensorboard) -> list[dict]:
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             raise ValueError("engine='sim' runs every stage in one process, but this process is one of a launched "
                              "run (WORLD_SIZE > 1): use engine='dist' under torchrun")
         self._ready(batches.get(0)[0] if not self.stages else None)
-        per_epoch = batches.per_epoch
-        schedule = self._build(epochs * per_epoch, per_epoch)
-        evals = eval_ticks(schedule, per_epoch, epochs)
-        transport, first_tick, records = LocalTransport(), 0, []
-        if resume:
-            first_tick, records = ckpt.restore(ckpt.read(resume), self.stages, transport)
-            first_tick += 1
-        writer = MetricsWriter(out, records)
-        bar = progress_bar(schedule.num_ticks - first_tick, progress, f"{self.method.name} K={len(self.stages)}")
+        per_epoch, first_epoch = batches.per_epoch, begin.first_epoch
+        schedule = self._build((epochs - first_epoch) * per_epoch, per_epoch)
+        evals = eval_ticks(schedule, per_epoch, epochs - first_epoch)
+        transport, records = LocalTransport(), []
+        if state is not None:
+            records = ckpt.restore(state, self.stages, transport)[1]
+        batches = resuming.later_epochs(batches, first_epoch)
+        writer = MetricsWriter(out, records, tensorboard=tensorboard)
+        bar = progress_bar(schedule.num_ticks - begin.first_tick, progress,
+                           f"{self.method.name} K={len(self.stages)}", epochs=epochs)
         clock = time.perf_counter() - (records[-1]["time_s"] if records else 0.0)
         release = getattr(batches, "release_before", None)
 
@@ -183,24 +194,26 @@ class Pipeline:
                 return
             per_stage = [s.collect(evals[t]) for s in self.stages]
             ev = evaluate(self.stages, val, criterion=self.criterion, metrics=self.metrics) if val else {}
-            rec = epoch_record(evals[t], per_stage, ev, time.perf_counter() - clock)
+            rec = epoch_record(first_epoch + evals[t], per_stage, ev, time.perf_counter() - clock)
             records.append(rec)
             writer.epoch(rec)
             if on_epoch is not None:
                 on_epoch(rec)
-            if checkpoint and t < schedule.num_ticks - 1:
-                ckpt.save(ckpt.in_dir(out), self.stages, transport, t, records, info, self.boundaries, per_epoch)
+            if checkpoint:
+                ckpt.save(ckpt.in_dir(out), self.stages, transport, t, records, info, self.boundaries, per_epoch,
+                          (epochs, first_epoch, t == schedule.num_ticks - 1))
             if bar is not None:
-                bar.set_postfix(epoch=rec["epoch"], loss=f"{rec['train_loss']:.3f}")
+                bar.epoch(rec)
 
         try:
             run_sim(self.stages, schedule, batches, on_tick=tick, transport=transport,
-                    ticks=range(first_tick, schedule.num_ticks))
+                    ticks=range(begin.first_tick, schedule.num_ticks))
         finally:
             if hasattr(batches, "close"):
                 batches.close()
         if bar is not None:
             bar.close()
+        writer.close()
         self.last_run = {"engine": "sim", "schedule": schedule, "peaks": [s.telemetry.peak_bytes for s in self.stages]}
         return records
 
@@ -219,17 +232,20 @@ class Pipeline:
             specs[k].state = ckpt.stage_state(s)
         return job, specs
 
-    def _fit_dist(self, batches, val, *, epochs, progress, out, on_epoch, checkpoint, resume, info) -> list[dict]:
+    def _fit_dist(self, batches, val, *, epochs, progress, out, on_epoch, checkpoint, resume, begin,
+                  info, tensorboard) -> list[dict]:
         from .engines import dist as engine
 
         m = self.method
         job, specs = self.dist_parts(batches.per_epoch, epochs, progress, out, checkpoint, resume, info)
-        result = engine.run(job, specs, batches, val, on_epoch)
+        job.tensorboard = tensorboard
+        result = engine.run(job, specs, resuming.later_epochs(batches, begin.first_epoch), val, on_epoch)
         self._adopt(result)
         if on_epoch is not None and engine.joined() is not None and engine.joined()[0] != 0:
             for rec in result["records"]:  # under torchrun rank 0 saw them live, the others now
                 on_epoch(rec)
-        schedule = Schedule(m.family, len(self.modules), epochs * batches.per_epoch, m.order, m.accumulate)
+        schedule = Schedule(m.family, len(self.modules), (epochs - begin.first_epoch) * batches.per_epoch, m.order,
+                            m.accumulate)
         self.last_run = {"engine": "dist", "schedule": schedule, "peaks": result.get("peaks"),
                          "writes_summary": "states" in result,
                          "extra": {k: result[k] for k in ("idle_fraction", "backend", "world_size") if k in result}}

@@ -20,8 +20,9 @@ import time
 MAX_EVENTS = 200_000   # per process; later events still count in the idle fraction
 MIN_WAIT_NS = 20_000   # shorter waits (the message was already there) count but are not drawn
 GANTT_TICKS = 40       # ticks drawn in the PNG
-COLORS = {"F": "#4C72B0", "B": "#DD8452", "U": "#C44E52", "wait": "#BBBBBB", "send": "#8C8C8C",
-          "eval": "#8172B3"}
+# Okabe-Ito colours (told apart with colour-blindness too) and two greys of different lightness
+COLORS = {"F": "#0072B2", "B": "#E69F00", "U": "#009E73", "wait": "#D0D0D0", "send": "#505050",
+          "eval": "#CC79A7"}
 
 
 class Recorder:
@@ -105,6 +106,15 @@ def write_chrome_trace(path: str, traces: list[dict]) -> None:
 
 def plot_gantt(path: str, traces: list[dict], ticks: int = GANTT_TICKS, title: str = "") -> None:
     """A PNG Gantt chart of ticks [0, ticks): one row per rank, F/B/U bars with waits drawn over them."""
+    import matplotlib.pyplot as plt
+
+    fig = gantt_figure(traces, ticks, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def gantt_figure(traces: list[dict], ticks: int = GANTT_TICKS, title: str = ""):
+    """The matplotlib figure of :func:`plot_gantt`; the legend sits below the axis label."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -113,7 +123,7 @@ def plot_gantt(path: str, traces: list[dict], ticks: int = GANTT_TICKS, title: s
     rows = sorted(traces, key=lambda tr: (tr["stage"], tr["replica"]))
     shown = [[e for e in tr["events"] if e[2] < ticks] for tr in rows]
     label = sum(e[0] in ("F", "B") for events in shown for e in events) <= 150  # while bars are wide enough
-    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.6 * len(rows)))
+    fig, ax = plt.subplots(figsize=(12, 1.6 + 0.6 * len(rows)), layout="constrained")
     end = max((e[4] for events in shown for e in events), default=1) / 1e6
     for i, events in enumerate(shown):
         y = len(rows) - 1 - i
@@ -124,14 +134,13 @@ def plot_gantt(path: str, traces: list[dict], ticks: int = GANTT_TICKS, title: s
         if label:
             for cat, name, _, t0, t1 in events:
                 if cat in ("F", "B") and (t1 - t0) / 1e6 > end / 80:  # only where the name fits
-                    ax.text((t0 + t1) / 2e6, y, name, ha="center", va="center", fontsize=6, color="white")
+                    ax.text((t0 + t1) / 2e6, y, name, ha="center", va="center", fontsize=6,
+                            color="white" if cat == "F" else "black")  # readable on dark blue, on orange
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"stage {tr['stage']} r{tr['replica']} (idle {tr['idle']:.0%})" for tr in reversed(rows)])
     ax.set_xlabel("ms since start")
     ax.set_xlim(0, end * 1.01)
     ax.set_title(title or f"measured timeline, ticks 0-{ticks - 1} (full trace: timeline.json)")
-    ax.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], loc="upper center", ncol=6,
-              fontsize=7, bbox_to_anchor=(0.5, -0.35 / (1 + 0.6 * len(rows)) * 2.5), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], loc="outside lower center", ncol=6,
+               fontsize=8, frameon=False)
+    return fig

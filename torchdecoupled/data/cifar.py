@@ -1,9 +1,10 @@
 """CIFAR-10 and CIFAR-100 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009).
 
 Reads the official python-pickle archives (`cifar-10-batches-py/`, `cifar-100-python/`, fine labels)
-or the binary ones (`cifar-10-batches-bin/`, `cifar-100-binary/`) from a local directory; nothing is
-downloaded. Inputs are normalized with the usual per-channel training-set mean and std; training
-batches get the standard random crop (4-pixel padding) and horizontal flip.
+or the binary ones (`cifar-10-batches-bin/`, `cifar-100-binary/`) from a local directory (fetched there,
+SHA-256 checked, only with --download: download.py). Inputs are normalized with the usual per-channel
+training-set mean and std; training batches get the standard random crop (4-pixel padding) and
+horizontal flip.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _read_split(spec: dict, root: str, train: bool) -> tuple[np.ndarray, np.ndar
         raise FileNotFoundError(
             f"{spec['title']} not found under {root!r}: expected {missing} (or the binary version in "
             f"{os.path.join(root, spec['bin_dir'])}); download {spec['url']} and extract it there, "
-            f"then pass --data-root {root}"
+            f"then pass --data-root {root} (or pass --download)"
         )
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

@@ -1,4 +1,5 @@
-"""The in-memory dataset record every loader returns, and where loaders look for files."""
+"""The in-memory dataset record the loaders return (the image folder streams: folder.py), and where
+loaders look for files."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ class Dataset:
                 )
             if y.shape != (x.shape[0],):
                 raise ValueError(f"{self.name} {split}: {x.shape[0]} inputs but labels of shape {tuple(y.shape)}")
+
+    def validation(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """The test set as ``Pipeline.fit``'s ``val_data``: (inputs in ``dtype``, labels)."""
+        return self.test_x.to(dtype), self.test_y
 
     def __repr__(self) -> str:
         return (

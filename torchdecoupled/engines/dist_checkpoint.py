@@ -1,6 +1,6 @@
 """Checkpoints of a distributed run: the simulator's file (``checkpoint.py``), written by rank 0.
 
-A checkpoint is taken after the same ticks as in the simulator (each evaluation tick but the last). A
+A checkpoint is taken after the same ticks as in the simulator (each evaluation tick, the last too). A
 message sent in tick t is used in tick t + 1 or later (or, forward-locked, within tick t after its
 sender), so once a process has finished tick t, everything its neighbours will ever send it up to tick t
 is already on its way: each process receives those messages it has not used yet (they are the
@@ -38,7 +38,8 @@ def save(proc, tick: int) -> None:
         replicas[item["replica"]]["stages"][item["stage"]] = item["state"]
         replicas[item["replica"]]["messages"].update(item["messages"])
     job = proc.job
-    state = checkpoint.make(tick, proc.records, job.info, replicas, job.boundaries, job.per_epoch)
+    run = (job.epochs, proc.first_epoch, tick == proc.schedule.num_ticks - 1)
+    state = checkpoint.make(tick, proc.records, job.info, replicas, job.boundaries, job.per_epoch, run)
     checkpoint.write(checkpoint.in_dir(job.out), state)
 
 

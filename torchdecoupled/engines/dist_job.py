@@ -36,6 +36,7 @@ class DistJob:
     metrics: dict[str, Callable] | None = None
     records: list[dict] = field(default_factory=list)    # epochs already run (a resumed run)
     eval_batch: int = 1000
+    tensorboard: bool = False            # rank 0 writes out/tensorboard/
     rng_state: object = None             # the caller's torch RNG state (a launcher's ranks start from it)
 
     @property

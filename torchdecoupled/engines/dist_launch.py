@@ -113,7 +113,11 @@ def _bare_main():
 def child_main(layout: Layout, device, backend, rendezvous, progress, conn, fault):
     """One child process: run the rank, report to the launcher, exit (os._exit: no teardown hangs)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it kills us
-    if "fork" in mp.get_all_start_methods():  # a DataLoader's workers: our children, gone when we are
+    # This process inherited the forkserver start method. Under fork instead: a DataLoader's workers are our
+    # children, gone when we are; and a semaphore made here (tqdm's lock, a DataLoader's queues) is unlinked
+    # at once. Under forkserver or spawn it would be registered for unlinking at exit, which os._exit skips:
+    # the resource tracker's "leaked semaphore objects" warning at the end of every run.
+    if "fork" in mp.get_all_start_methods():
         mp.set_start_method("fork", force=True)
     code = 1
     try:

@@ -12,9 +12,10 @@ Then every process runs exactly the simulator's loop::
 After each evaluation tick (``schedule.eval_ticks``) every process collects its telemetry, replica 0 of
 every stage evaluates the evaluation data as a pipeline (stage 0 sends chunks up as ``eval`` messages,
 the last stage computes the criterion and the metrics as ``engines.sim.evaluate`` does), and rank 0
-gathers the per-process results and writes the epoch record; with a checkpoint (all but the last
-evaluation tick) rank 0 then writes the checkpoint, and a resumed run starts after its tick
-(``dist_checkpoint``). At the end rank 0 gathers every stage's state (``checkpoint.stage_state``).
+gathers the per-process results and writes the epoch record; with a checkpoint (after every evaluation
+tick) rank 0 then writes the checkpoint, and a resumed run starts after its tick, or runs a finished
+run's added epochs (``dist_checkpoint``, ``resume``). At the end rank 0 gathers every stage's state
+(``checkpoint.stage_state``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .. import checkpoint
+from .. import checkpoint, resume
 from ..boundary import to_device
 from ..evaluation import EvalSum
 from ..heads import build_head
@@ -105,13 +106,16 @@ class StageProcess:
         if rendezvous is not None:
             init_process_group(backend, layout, rendezvous, job.timeout)
         group = dist.new_group(backend="gloo")  # the data messages' own channel (dist_feed)
-        self.schedule = schedule = Schedule(m.family, K, job.epochs * job.per_epoch, m.order, m.accumulate)
-        self.evals = eval_ticks(schedule, job.per_epoch, job.epochs)
         state = dist_checkpoint.read(job, device) if job.resume else None
-        self.first_tick = state["tick"] + 1 if state is not None else 0  # resumed after the checkpoint's tick
-        first_b = first_batch_after(schedule, state["tick"]) if state is not None else 0
+        begin = resume.start(state, job.epochs, m)  # the launcher checked it: the same answer in every rank
+        self.first_epoch, self.first_tick = begin.first_epoch, begin.first_tick
+        epochs = job.epochs - self.first_epoch  # of this schedule
+        self.schedule = schedule = Schedule(m.family, K, epochs * job.per_epoch, m.order, m.accumulate)
+        self.evals = eval_ticks(schedule, job.per_epoch, epochs)
         self.lookahead = PREFETCH + K + 4
         N = schedule.num_batches
+        # a checkpoint after the last tick has nothing left to run: the feed reads the last batch, unused
+        first_b = min(first_batch_after(schedule, self.first_tick - 1), N - 1)
         if layout.rank == 0:
             self.feed = ReaderFeed(data, layout, Needs(layout, m.family == "local"), group, N, self.lookahead,
                                    start=first_b, timeout=job.timeout)
@@ -141,7 +145,7 @@ class StageProcess:
                                        on_wait=self.recorder.wait, received=received)
         self.worker = Worker(self.stage, schedule, self.feed, self.transport)
         self.records: list[dict] = list(state["records"]) if state is not None else list(job.records)
-        self.writer = MetricsWriter(job.out if layout.rank == 0 else None, self.records)
+        self.writer = MetricsWriter(job.out if layout.rank == 0 else None, self.records, tensorboard=job.tensorboard)
 
     def train(self) -> None:
         evals, k, rec, clock = self.evals, self.layout.stage, self.recorder, time.perf_counter_ns
@@ -166,6 +170,7 @@ class StageProcess:
                 self.end_epoch(evals[t], bar)
         if bar is not None:
             bar.close()
+        self.writer.close()
         self.tick = self.schedule.num_ticks  # finishing
         self.transport.close()
         self.feed.close()
@@ -174,7 +179,7 @@ class StageProcess:
         if not (self.job.progress and self.layout.rank == 0):
             return None
         return progress_bar(self.schedule.num_ticks - self.first_tick, True,
-                            f"{self.job.method.name} K={self.job.stages} dist")
+                            f"{self.job.method.name} K={self.job.stages} dist", epochs=self.job.epochs)
 
     def end_epoch(self, epoch: int, bar=None) -> None:
         """Collect, evaluate, gather on rank 0, checkpoint (drawn as one "eval" span; not counted in the
@@ -187,14 +192,14 @@ class StageProcess:
         collective(f"gathering epoch {epoch}'s results", dist.gather_object, mine, everyone, dst=0)
         if everyone is not None:
             from .dist_outputs import merge_epoch
-            rec = merge_epoch(epoch, everyone, self.job.stages, time.perf_counter() - self.start)
+            rec = merge_epoch(self.first_epoch + epoch, everyone, self.job.stages, time.perf_counter() - self.start)
             self.records.append(rec)
             self.writer.epoch(rec)
             if self.on_record is not None:
                 self.on_record(rec)
             if bar is not None:
-                bar.set_postfix(epoch=epoch, loss=f"{rec['train_loss']:.3f}")
-        if self.job.checkpoint and self.tick < self.schedule.num_ticks - 1:  # as the simulator: not the last
+                bar.epoch(rec)
+        if self.job.checkpoint:
             dist_checkpoint.save(self, self.tick)
         self.recorder.span("eval", f"eval {epoch}", t0, time.perf_counter_ns())
         self.recorder.open_window()

@@ -38,6 +38,16 @@ def _sim_summary(cfg_json: str) -> dict:
         torch.set_num_threads(threads)
 
 
+def sim(cfg: RunConfig, **kw) -> dict:
+    """The simulator in this process, one thread (as one stage process); ``kw`` replaces config fields."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(dataclasses.replace(cfg, engine="sim", replicas=1, **kw))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def sim_summary(cfg: RunConfig) -> dict:
     return _sim_summary(sim_of(cfg).to_json())
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from checkpoint_cases import keep_each_checkpoint, stop_after_epoch
-from dist_cases import TORCHRUN, sim_summary, stage_processes, tiny_cfg, torchrun_two_nodes
+from dist_cases import TORCHRUN, sim, sim_summary, stage_processes, tiny_cfg, torchrun_two_nodes
 from torchdecoupled import checkpoint
 from torchdecoupled.data import load_dataset
 from torchdecoupled.engines.dist import DistributedError
@@ -24,16 +24,6 @@ FAULT = "TORCHDECOUPLED_FAULT"
 @pytest.fixture(scope="module", autouse=True)
 def cached_data():
     load_dataset("mnist1d")
-
-
-def sim(cfg, **kw):
-    """The simulator in this process, one thread (as one stage process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(dataclasses.replace(cfg, engine="sim", replicas=1, **kw))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def records(run_dir):

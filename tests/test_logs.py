@@ -224,3 +224,21 @@ def test_timeline_legend_clears_the_axis_label_and_colours_differ():
     rgb = {k: [int(c[i:i + 2], 16) for i in (1, 3, 5)] for k, c in COLORS.items()}
     for a, b in itertools.combinations(rgb, 2):  # the old palette's closest pairs: 48 to 60 apart
         assert math.dist(rgb[a], rgb[b]) > 70, (a, b)
+
+
+@pytest.mark.parametrize("engine", ["sim", "dist"])
+def test_train_with_tensorboard_writes_every_epoch_on_either_engine(tmp_path, engine):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from torchdecoupled.cli import main
+    out = tmp_path / engine
+    assert main(["train", *TINY, "--epochs", "2", "--engine", engine, "--out", str(out), "--tensorboard",
+                 "--no-progress"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("acc/test")] == [1, 2]
+    want = [json.loads(line)["test_acc"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("acc/test")] == pytest.approx(want)
+    if engine == "dist":
+        assert "idle_fraction/stage_1" in events.Tags()["scalars"]

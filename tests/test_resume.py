@@ -5,10 +5,9 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 from checkpoint_cases import keep_each_checkpoint
-from dist_cases import sim_summary, stage_processes, tiny_cfg
+from dist_cases import sim, sim_summary, stage_processes, tiny_cfg
 from torchdecoupled import checkpoint, resume
 from torchdecoupled.data import load_dataset
 from torchdecoupled.methods import get_method
@@ -18,16 +17,6 @@ from torchdecoupled.run import train
 @pytest.fixture(scope="module", autouse=True)
 def cached_data():
     load_dataset("mnist1d")
-
-
-def sim(cfg, **kw):
-    """The simulator in this process, one thread (as one stage process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(dataclasses.replace(cfg, engine="sim", replicas=1, **kw))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(cfg, engine, **kw):

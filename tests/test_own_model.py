@@ -265,3 +265,32 @@ def test_an_exception_in_on_epoch_stops_the_run():
     with pytest.raises(RuntimeError, match="stop at epoch 0"):
         pipe.fit(DataLoader(_data("classes"), batch_size=16), epochs=50, on_epoch=on_epoch, progress=False)
     assert not stage_processes()
+
+
+TWICE = """
+import hashlib, os, sys, torch, torchdecoupled as td
+from torch import nn
+torch.manual_seed(0)
+x = torch.randn(64, 6, dtype=torch.float64); y = (x[:, 0] > 0).long()
+model = nn.Sequential(*[nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(4)], nn.Linear(6, 2)).double()
+engine = sys.argv[1]
+cut = dict(balance="time", sample=x[:8]) if engine == "dist" else dict(boundaries=[int(sys.argv[2])])
+pipe = td.Pipeline(model, "fdg", 2, engine=engine, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), timeout=30, **cut)
+for epochs in (2, 1):  # a second fit continues the stages, in the same process group
+    pipe.fit([(x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)], epochs=epochs, progress=False)
+sha = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+if os.environ.get("RANK", "0") == "0":
+    print("cuts", pipe.boundaries[0], sha)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+def test_under_torchrun_a_measured_cut_and_a_second_fit_equal_the_simulator():
+    p = subprocess.run([TORCHRUN, "--nproc-per-node", "2", "--no-python", sys.executable, "-c", TWICE, "dist"],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert p.returncode == 0 and "terminate called" not in p.stderr, p.stderr[-2000:]
+    cut, sha = [line.split()[1:] for line in p.stdout.splitlines() if line.startswith("cuts")][0]
+    sim = subprocess.run([sys.executable, "-c", TWICE, "sim", cut], capture_output=True, text=True, timeout=120,
+                         env=ENV)
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    assert sim.stdout.split() == ["cuts", cut, sha]

@@ -16,6 +16,7 @@ for bit (CPU, one thread per process, D = 1); see docs/distributed.md.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import socket
@@ -52,20 +53,36 @@ def joined() -> tuple[int, int, int] | None:
 def agree_on_cuts(cuts: list[int], backend: str | None, device: str, init_method: str | None,
                   timeout: float) -> list[int]:
     """A measured partition (balance="time") differs from process to process: under torchrun every rank
-    cuts where rank 0 measured. Joins the process group here (the run reuses it); elsewhere returns
+    cuts where rank 0 measured (a gloo group for the exchange, or the caller's); elsewhere returns
     ``cuts``: a launcher measures once, in the caller."""
     if joined() is None:
         return list(cuts)
-    from datetime import timedelta
-
     import torch.distributed as dist
-    if not dist.is_initialized():
-        rank, size, _ = joined()
-        dist.init_process_group(check_backend(backend, device), init_method=init_method or "env://", rank=rank,
-                                world_size=size, timeout=timedelta(seconds=timeout))
+    join(backend, device, init_method, timeout)
     box = [list(cuts)]
     dist.broadcast_object_list(box, src=0, group=dist.new_group(backend="gloo"))
     return box[0]
+
+
+def join(backend: str | None, device: str, init_method: str | None, timeout: float) -> None:
+    """Under torchrun: join the default process group once for the life of this process (it is left at
+    exit): a group destroyed and made again would read the first one's stale rendezvous keys in
+    torchrun's store. The caller's own group, if it made one, is used as it is."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    if dist.is_initialized():
+        return
+    rank, size, _ = joined()
+    dist.init_process_group(check_backend(backend, device), init_method=init_method or "env://", rank=rank,
+                            world_size=size, timeout=timedelta(seconds=timeout))
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run(job: DistJob, specs: list, data, val: list | None, on_epoch=None) -> dict:
@@ -82,12 +99,14 @@ def run(job: DistJob, specs: list, data, val: list | None, on_epoch=None) -> dic
         if size != world:
             raise ValueError(f"this run has {size} processes (WORLD_SIZE={size}) but {job.stages} stages x "
                              f"{job.replicas} replicas need {world}: launch with --nnodes x --nproc-per-node = {world}")
-        import torch.distributed as dist
-        ours = not dist.is_initialized()
         layout = Layout(job.stages, job.replicas, rank)
-        rendezvous = ("url", job.init_method or "env://") if ours else None
+        device = _device(job.device, local_rank)
+        if device.startswith("cuda"):
+            import torch
+            torch.cuda.set_device(device)  # before NCCL's group is made
+        join(backend, job.device, job.init_method, job.timeout)
         try:
-            result = run_rank(job, layout, specs[layout.stage], _device(job.device, local_rank), backend, rendezvous,
+            result = run_rank(job, layout, specs[layout.stage], device, backend, None,
                               None, fault, data if rank == 0 else None, val if rank == 0 else None,
                               on_epoch if rank == 0 else None)
         except StageFailure as e:
@@ -95,8 +114,6 @@ def run(job: DistJob, specs: list, data, val: list | None, on_epoch=None) -> dic
                 raise ValueError(e.config_error) from e
             print(f"torchdecoupled: {e}", file=sys.stderr, flush=True)
             raise
-        if ours:
-            dist.destroy_process_group()
         return result
     if world > max_local_processes():
         raise ValueError(f"{job.stages} stages x {job.replicas} replicas = {world} processes is more than "

@@ -2,11 +2,14 @@
 
 Rank 0 (replica 0 of stage 0) is the only process that iterates the user's data (a DataLoader, any
 iterable of batches, or the zoo's ``Batches``). For each batch b it cuts replica r's slice (contiguous,
-``torch.tensor_split``) and sends every other process one small message on a gloo group of its own:
+``torch.tensor_split``) and sends every other process, on a gloo group of their own, its part:
 
     (b, n, x, y)   n: the process's slice size (every process: it sizes the activations, dist_plan)
                    x: the inputs, for stage 0's other replicas (and local stages: InfoPro's x0)
                    y: the targets, for the stages with a loss (the last one; local stages)
+
+several batches to a message (up to MAX_GROUP, about GROUP_BYTES): a gloo message costs 0.1-0.2 ms to
+post and wait for whatever it holds, which is a tick's worth of a small model.
 
 Rank 0 reads ``lookahead`` batches ahead of its own forward, so a message has always been sent
 before a process needs it: a process at tick t needs sizes up to about t + PREFETCH, and rank 0 is at
@@ -41,6 +44,10 @@ def batch_len(tree) -> int:
     return leaf.shape[0]
 
 
+MAX_GROUP = 16            # batches per data message at most
+GROUP_BYTES = 4 << 20     # and about this many bytes
+
+
 class DataError(RuntimeError):
     """Reading the user's data raised: the run stops (every process), the message names the batch."""
 
@@ -65,15 +72,16 @@ class ReaderFeed:
 
     def __init__(self, data, layout: Layout, needs: Needs, group, num_batches: int, lookahead: int,
                  start: int = 0, timeout: float = 60.0):
-        self.data, self.layout, self.needs, self.group = data, layout, needs, group
+        self.data, self.layout, self.needs, self.pg = data, layout, needs, group
         self.num_batches, self.lookahead, self.timeout = num_batches, lookahead, timeout
+        self.group: int | None = None  # batches per message, from the first batch's size
         self.per_epoch = data.per_epoch
         self.release = getattr(data, "release_before", None)
         self.mine: dict[int, tuple] = {}
         self.sizes: dict[int, int] = {}
         self.next_b = start
         self.outstanding: collections.deque = collections.deque()
-        self.bound = 4 * (lookahead + 1) * layout.world_size  # sends in flight before waiting the oldest
+        self.bound = 4 * (lookahead + MAX_GROUP) * layout.world_size  # sends in flight before waiting the oldest
         if start and self.release is not None:
             self.release(start)  # a resumed run: the batches before ``start`` are read past, not kept
 
@@ -97,35 +105,50 @@ class ReaderFeed:
         return x, y
 
     def advance(self, upto: int) -> None:
-        """Read and send every batch up to ``upto`` (and ``lookahead`` beyond it, within the run)."""
+        """Read and send every batch up to ``upto`` (and ``lookahead`` beyond it, within the run), in
+        groups: one message per process for up to ``group`` batches (a message costs ~0.1-0.2 ms on gloo,
+        whatever it holds; the group is sized so that a message stays under GROUP_BYTES)."""
         last = min(upto + self.lookahead, self.num_batches - 1)
         while self.next_b <= last:
-            b = self.next_b
-            x, y = self.read(b)
-            D = self.layout.replicas
-            if batch_len(x) < D:
-                raise ValueError(f"batch {b} has {batch_len(x)} samples, fewer than the {D} replicas that split it: "
-                                 f"use batches of at least {D} (drop_last=True drops a short last batch)")
-            xs, ys = split_slices(x, D), split_slices(y, D)
-            for rank in range(1, self.layout.world_size):
-                r = rank % self.layout.replicas
-                msg = (b, batch_len(xs[r]), xs[r] if self.needs.x(rank) else None,
-                       ys[r] if self.needs.y(rank) else None)
-                self._send(rank, msg)
-            self.mine[b] = (xs[0], ys[0])
-            self.sizes[b] = batch_len(xs[0])
-            self.next_b += 1
+            parts: dict[int, list] = {rank: [] for rank in range(1, self.layout.world_size)}
+            stop = min(self.next_b + (self.group or 1), self.num_batches)
+            for b in range(self.next_b, stop):
+                for rank, item in self._cut(b).items():
+                    parts[rank].append(item)
+            self.next_b = stop
+            for rank, items in parts.items():
+                self._send(rank, items)
 
-    def _send(self, rank: int, msg) -> None:
-        payload = torch.frombuffer(bytearray(pickle.dumps(msg)), dtype=torch.uint8)
+    def _cut(self, b: int) -> dict[int, tuple]:
+        """Batch b read and cut: this process's slice kept, every other process's part returned."""
+        x, y = self.read(b)
+        D = self.layout.replicas
+        if batch_len(x) < D:
+            raise ValueError(f"batch {b} has {batch_len(x)} samples, fewer than the {D} replicas that split it: "
+                             f"use batches of at least {D} (drop_last=True drops a short last batch)")
+        xs, ys = split_slices(x, D), split_slices(y, D)
+        self.mine[b] = (xs[0], ys[0])
+        self.sizes[b] = batch_len(xs[0])
+        out = {}
+        for rank in range(1, self.layout.world_size):
+            r = rank % D
+            out[rank] = (b, batch_len(xs[r]), xs[r] if self.needs.x(rank) else None,
+                         ys[r] if self.needs.y(rank) else None)
+        if self.group is None:  # sized by the first batch's largest part
+            largest = max((len(pickle.dumps(item)) for item in out.values()), default=1)
+            self.group = max(1, min(MAX_GROUP, GROUP_BYTES // largest))
+        return out
+
+    def _send(self, rank: int, items: list) -> None:
+        payload = torch.frombuffer(bytearray(pickle.dumps(items)), dtype=torch.uint8)
         head = torch.tensor([payload.numel()], dtype=torch.int64)
         try:
-            self.outstanding.append((dist.isend(head, rank, group=self.group), head))
-            self.outstanding.append((dist.isend(payload, rank, group=self.group), payload))
+            self.outstanding.append((dist.isend(head, rank, group=self.pg), head))
+            self.outstanding.append((dist.isend(payload, rank, group=self.pg), payload))
             while len(self.outstanding) > self.bound:
                 self.outstanding.popleft()[0].wait(timedelta(seconds=self.timeout))
         except RuntimeError as e:
-            raise PeerError(f"sending batch {msg[0]}'s data to rank {rank} failed: {brief(e)}") from e
+            raise PeerError(f"sending batch {items[0][0]}'s data to rank {rank} failed: {brief(e)}") from e
 
     def get(self, b: int):
         self.advance(b)
@@ -151,7 +174,7 @@ class RemoteFeed:
     """Every other rank: receives its messages from rank 0, in order, and keeps them until used."""
 
     def __init__(self, layout: Layout, group, num_batches: int, timeout: float, start: int = 0, lag: int = 0):
-        self.layout, self.group, self.num_batches = layout, group, num_batches
+        self.layout, self.pg, self.num_batches = layout, group, num_batches
         self.timeout = timedelta(seconds=timeout)
         self.lag = lag  # how far ahead of tick t this process takes its messages (lookahead - (K - 1))
         self.data: dict[int, tuple] = {}
@@ -160,15 +183,15 @@ class RemoteFeed:
 
     def _recv(self) -> None:
         head = torch.empty(1, dtype=torch.int64)
-        self._wait(dist.irecv(head, 0, group=self.group))
+        self._wait(dist.irecv(head, 0, group=self.pg))
         payload = torch.empty(int(head), dtype=torch.uint8)
-        self._wait(dist.irecv(payload, 0, group=self.group))
-        b, n, x, y = pickle.loads(payload.numpy().tobytes())
-        assert b == self.next_b, (b, self.next_b)
-        self.sizes[b] = n
-        if x is not None or y is not None:
-            self.data[b] = (x, y)
-        self.next_b += 1
+        self._wait(dist.irecv(payload, 0, group=self.pg))
+        for b, n, x, y in pickle.loads(payload.numpy().tobytes()):
+            assert b == self.next_b, (b, self.next_b)
+            self.sizes[b] = n
+            if x is not None or y is not None:
+                self.data[b] = (x, y)
+            self.next_b += 1
 
     def _wait(self, work) -> None:
         wait_for(work, self.timeout, f"waiting for batch {self.next_b}'s data from", "stage 0 (rank 0)",

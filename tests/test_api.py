@@ -269,3 +269,17 @@ def test_a_dataset_with_batch_size_and_dict_batches():
         pipe().fit([{"x": x[:8], "y": y[:8]}], progress=False)
     with pytest.raises(ValueError, match="pass batch_size= too"):
         pipe().fit(Dicts(), progress=False)
+
+
+def test_a_parameter_tied_across_stages_is_refused():
+    shared = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"parameter '0.weight' of stage 0 is also '2.weight' of stage 1: a tied"):
+        td.Pipeline(nn.Sequential(shared, nn.Tanh(), shared), "fdg", 2, boundaries=[2],
+                    optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    td.Pipeline(nn.Sequential(shared, nn.Tanh(), shared), "fdg", 1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+
+
+def test_an_optimizer_over_other_parameters_is_refused():
+    other = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"the optimizer of stage 0 holds 2 parameter\(s\) that are not the stage's"):
+        td.Pipeline(tiny_model(), "fdg", 2, optimizer=lambda p: torch.optim.SGD(other.parameters(), lr=0.1))

@@ -79,6 +79,7 @@ class Pipeline:
         self.model = model
         self.modules = split(model, stages, boundaries=boundaries, balance=balance, sample=sample,
                              recompute=self.method.activations == "recompute")
+        _check_shared(self.modules)
         if engine == "dist" and boundaries is None and balance == "time" and stages > 1:
             from .engines.dist import agree_on_cuts
             cuts = agree_on_cuts(cut_points(self.modules), backend, device or "cpu", init_method, timeout)
@@ -299,6 +300,18 @@ class Pipeline:
         if run.get("engine") == "dist":
             out.update(run.get("extra", {}), rank_layout="rank = stage * replicas + replica")
         return out
+
+
+def _check_shared(modules) -> None:
+    """A parameter in two stages (tied weights) would train as two copies, one per stage: refuse it."""
+    owner: dict[int, tuple[int, str]] = {}
+    for k, m in enumerate(modules):
+        for name, p in m.named_parameters(remove_duplicate=False):
+            first = owner.setdefault(id(p), (k, name))
+            if first[0] != k:
+                raise ValueError(f"parameter {first[1]!r} of stage {first[0]} is also {name!r} of stage {k}: a tied "
+                                 f"parameter cannot span stages (each stage trains its own copy); untie it, or cut "
+                                 f"so that its users share a stage (boundaries=[...])")
 
 
 def _check_engine(engine: str, replicas: int, timeout: float, threads: int) -> None:

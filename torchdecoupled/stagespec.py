@@ -49,6 +49,7 @@ class StageSpec:
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"the optimizer factory returned {type(opt).__name__} for stage {self.index}; it must "
                                 f"return a torch.optim.Optimizer, e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
+            _check_params(opt, params, self.index)
             sched = self.make_sched(opt) if self.make_sched is not None else None
             predictor = None
             if m.predictor != "none":
@@ -63,3 +64,13 @@ class StageSpec:
             from .checkpoint import restore_stage
             restore_stage(stage, self.state)
         return stage
+
+
+def _check_params(opt: torch.optim.Optimizer, params: list, index: int) -> None:
+    """An optimizer that holds parameters other than its stage's would train nothing of the stage."""
+    mine = {id(p) for p in params}
+    foreign = sum(1 for g in opt.param_groups for p in g["params"] if id(p) not in mine)
+    if foreign:
+        raise ValueError(f"the optimizer of stage {index} holds {foreign} parameter(s) that are not the stage's: "
+                         f"build it from the parameters the factory is given, e.g. optimizer=lambda params: "
+                         f"torch.optim.SGD(params, lr=0.1)")

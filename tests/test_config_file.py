@@ -59,7 +59,7 @@ def test_a_measured_partition_is_saved_as_the_cuts_it_made(tmp_path):
 def test_file_round_trip_keeps_every_value(tmp_path):
     cfg = RunConfig(method="dtrp", method_opts={"beta": 0.3, "predictor": "momentum"}, dataset="cifar10",
                     data_root='C:\\data "x"\tneu\u00e9\x7f\n', model_opts={"depth": 20, "hidden": [32, 16]},
-                    lr=0.1 + 0.2, weight_decay=1e-05, timeout=float("inf"), milestones=(3, 7), threads=2,
+                    lr=0.1 + 0.2, weight_decay=1e-05, timeout=1 / 3, milestones=(3, 7), threads=2,
                     tensorboard=True, download=True, out="runs/x").resolved()
     assert config_file.write(cfg, str(tmp_path)) == str(tmp_path / "config.toml")
     assert saved(tmp_path) == cfg
@@ -140,3 +140,7 @@ def test_unknown_format_and_missing_file(tmp_path, capsys):
     assert "unknown format '.json' (valid: .toml, .yaml, .yml)" in fails_in_one_line(
         ["train", "--config", write(tmp_path, "{}", "c.json")], capsys)
     assert "nope.toml" in fails_in_one_line(["train", "--config", str(tmp_path / "nope.toml")], capsys)
+
+
+def test_a_saved_config_never_says_force():
+    assert "force" not in config_file.dumps(RunConfig(force=True))

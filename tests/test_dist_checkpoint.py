@@ -102,7 +102,7 @@ def test_epochs_may_grow_without_a_cosine_schedule(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"written by a 3-epoch run and this run has --epochs 2, but by tick 20 "
                                          r"the pipeline had reached the last batch of a 2-epoch run: resume "
                                          r"with --epochs 3 or more$"):
-        train(dataclasses.replace(longer, epochs=2))
+        train(dataclasses.replace(longer, epochs=2, out=str(tmp_path / "b2")))  # b holds the 4-epoch run
     cosine = dataclasses.replace(cfg, lr_schedule="cosine", out=str(tmp_path / "c"))
     stopped_after(cosine, 1, monkeypatch)
     with pytest.raises(ValueError, match=r"the cosine learning-rate schedule anneals over the epochs of the run: "

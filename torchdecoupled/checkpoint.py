@@ -16,23 +16,29 @@ the other way round (D = 1). A checkpoint resumes only the run that wrote it: ``
 another method, model, seed, batch size ... with the values and the fix. The checkpoint after the last
 epoch holds a drained pipeline; ``resume`` says where a run continues it (nothing left, or more epochs).
 
+The file (``checkpoint_file.py``) is sealed with a SHA-256 over its content and read with
+``weights_only=True``: ``read`` refuses a damaged, truncated, foreign or crafted file in one line before
+anything is restored. Files of formats 1 and 2 (written before the checksum) are read with a warning.
+
 A run directory also gets ``model.pt`` (``save_model``): the final weights alone, for use without us.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from . import checkpoint_file
 from .boundary import clone_tree, require_grad
 from .methods import get_method
 from .stage import InFlight, Stage
 from .transport import LocalTransport
 
-FORMAT = 2
+FORMAT = 3  # 3: sealed with a SHA-256 (checkpoint_file); 2: without; 1: one replica, no cut points
 FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"  # a run directory's final weights (save_model)
 # what the saved computation depends on; the partition is compared as cut points (check_boundaries)
@@ -118,13 +124,9 @@ def make(tick: int, records: list[dict], config: dict, replicas: list[dict], bou
 
 
 def write(path: str, state: dict) -> None:
-    """Atomically: a crash (or a kill) while writing leaves the previous checkpoint as it was."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``state`` (``make``), sealed with its SHA-256, atomically: a crash (or a kill) while writing leaves the
+    previous checkpoint as it was, and no temporary file."""
+    checkpoint_file.save(path, checkpoint_file.seal(state))
 
 
 def save(path: str, stages: list[Stage], transport: LocalTransport, tick: int, records: list[dict],
@@ -142,21 +144,31 @@ def save_model(directory: str, model) -> str:
     if not isinstance(model, nn.Module):
         model = nn.Sequential(*model)
     path = os.path.join(directory, MODEL_FILE)
-    write(path, {name: t.detach().cpu() for name, t in model.state_dict().items()})
+    checkpoint_file.save(path, {name: t.detach().cpu() for name, t in model.state_dict().items()})
     return path
 
 
 def read(path: str, map_location=None) -> dict:
-    """The checkpoint at ``path``, memory-mapped (a process touches only the parts it restores)."""
+    """The checkpoint at ``path``, memory-mapped, its SHA-256 verified (which reads the whole file once; a
+    process restores only its own parts); a ValueError of one line if it is not a sound checkpoint."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}: pass the run directory of a run started with "
                                 f"--checkpoint (it holds {FILE})")
-    state = torch.load(path, map_location=map_location, weights_only=False, mmap=True)
-    if state.get("format") == 1:  # one pipeline, no cut points
+    state = checkpoint_file.load(path, map_location)
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt is None:
+        what = f"a dict with keys {sorted(map(str, state))[:6]}" if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path!r} is not a torchdecoupled checkpoint (it holds {what}): pass the run directory "
+                         f"of a run started with --checkpoint (it holds {FILE})")
+    if fmt == FORMAT or checkpoint_file.KEY in state:  # (a format 3 whose number changed fails the check)
+        return checkpoint_file.verify(state, path)
+    if fmt not in (1, 2):
+        raise ValueError(f"checkpoint {path!r} has format {fmt!r}; this version reads formats 1 to {FORMAT}: resume "
+                         f"it with the torchdecoupled that wrote it")
+    warnings.warn(f"checkpoint {path!r} has format {fmt}, written before checkpoints had a checksum: it is read "
+                  f"without one (a damaged file may go unnoticed)", stacklevel=2)
+    if fmt == 1:  # one pipeline, no cut points
         state["replicas"] = [{"stages": state.pop("stages"), "messages": state.pop("messages")}]
-    elif state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path!r} has format {state.get('format')!r}; this version reads formats 1 "
-                         f"and {FORMAT}")
     return state
 
 

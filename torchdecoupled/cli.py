@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from . import config_file
+from . import config_file, outdir
 from .config import RunConfig
 from .methods import METHODS, get_method
 from .schedule import Schedule, format_grid, validate
@@ -16,7 +16,9 @@ from .cli_options import (_D, COMPARE_KEYS, COMPARE_METHODS, RAW, SCHEDULE_DOC, 
 
 
 def _announce(cfg: RunConfig) -> RunConfig:
-    """Print the resolved configuration on stderr and save it as OUT/config.toml, before the run starts."""
+    """Print the resolved configuration on stderr and save it as OUT/config.toml, before the run starts (a
+    directory that holds another run is refused first: nothing of it is touched)."""
+    outdir.check(cfg.out, cfg.resume, cfg.force)
     saved = f" (saved as {config_file.write(cfg, cfg.out)})" if cfg.out else ""
     print(f"config{saved}: {config_file.one_line(cfg)}", file=sys.stderr)
     return cfg

@@ -112,6 +112,9 @@ def _add_run_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
     if resume:
         p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is DIR/checkpoint.pt, "
                                                        "with either engine (default: start afresh)")
+    p.add_argument("--force", action=BOOL, help="write into an --out that holds an earlier run, deleting its "
+                                                "results first (default: off: such an --out is refused"
+                                                + (", unless --resume names it)" if resume else ")"))
     p.add_argument("--tensorboard", action=BOOL, help="write TensorBoard event files into --out (default: off)")
     d = p.add_argument_group("distributed engine")
     d.add_argument("--engine", choices=["sim", "dist"], help=f"sim: every stage in this process; dist: one process "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -25,6 +26,9 @@ LR_SCHEDULES = ("none", "cosine", "step")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+MAX_TIMEOUT = 2_000_000.0  # seconds (23 days): torch.distributed holds a timeout in int32 milliseconds
 
 
 @dataclass
@@ -61,6 +65,7 @@ class RunConfig:
     progress: bool = True
     checkpoint: bool = False           # save out/checkpoint.pt after every epoch
     resume: str | None = None          # run directory whose checkpoint.pt to continue from (either engine)
+    force: bool = False                # write into an out that holds a run, deleting its results (outdir.py)
     threads: int | None = None
 
     def resolved(self) -> "RunConfig":
@@ -81,15 +86,17 @@ class RunConfig:
             raise ValueError(f"--epochs must be >= 1, got {c.epochs}")
         if c.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {c.batch_size}")
-        if c.lr <= 0:
-            raise ValueError(f"--lr must be > 0, got {c.lr}")
+        if not 0 < c.lr < math.inf:
+            raise ValueError(f"--lr must be a finite number > 0, got {c.lr}")
         if c.model not in MODELS:
             raise ValueError(f"unknown --model {c.model!r} (valid: {', '.join(sorted(MODELS))})")
         if c.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown --optimizer {c.optimizer!r} (valid: {', '.join(OPTIMIZERS)}; the Python API "
                              f"takes any torch.optim optimizer)")
-        if c.momentum < 0 or c.weight_decay < 0:
-            raise ValueError(f"--momentum and --weight-decay must be >= 0, got {c.momentum} and {c.weight_decay}")
+        if not 0 <= c.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {c.momentum}")
+        if not 0 <= c.weight_decay < math.inf:
+            raise ValueError(f"--weight-decay must be a finite number >= 0, got {c.weight_decay}")
         if c.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown --lr-schedule {c.lr_schedule!r} (valid: {', '.join(LR_SCHEDULES)})")
         if c.dtype not in DTYPES:
@@ -103,8 +110,8 @@ class RunConfig:
             raise ValueError(f"--replicas must be >= 1, got {c.replicas}")
         if c.replicas > 1 and c.engine != "dist":
             raise ValueError(f"--replicas {c.replicas} needs --engine dist (the simulator runs one replica)")
-        if c.timeout <= 0:
-            raise ValueError(f"--timeout must be > 0 seconds, got {c.timeout}")
+        if not 0 < c.timeout <= MAX_TIMEOUT:
+            raise ValueError(f"--timeout must be greater than 0 and at most {MAX_TIMEOUT:g} seconds, got {c.timeout}")
         if c.checkpoint and not c.out:
             raise ValueError("--checkpoint needs --out DIR (the checkpoint is DIR/checkpoint.pt)")
         if c.tensorboard and not c.out:

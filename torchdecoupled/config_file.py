@@ -131,9 +131,12 @@ def to_config(flat: dict) -> RunConfig:
 
 
 def _items(cfg: RunConfig) -> list[tuple[str, object]]:
-    """(key, value) in file order: method options after the method, None left out, model_opts apart."""
+    """(key, value) in file order: method options after the method, None left out, model_opts apart;
+    ``force`` left out (a repeated run must not replace a run directory unasked)."""
     items = []
     for k, v in asdict(cfg).items():
+        if k == "force":
+            continue
         if k == "method_opts":
             items += [(o, v[o]) for o in METHOD_OPTS if v.get(o) is not None]
         elif v is not None and k != "model_opts":

@@ -1,5 +1,6 @@
 """Run outputs: the epoch record, metrics.jsonl (one JSON object per epoch) with metrics.csv and TensorBoard
-beside it (logs.py), summary.json, the parameter hash, and the progress shown while a run trains."""
+beside it (logs.py), summary.json, the parameter hash, and the progress shown while a run trains. The JSON
+files are strict JSON: a value that is not finite (nan, inf) is written as null (``finite.json_safe``)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +15,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from .finite import json_safe
 from .logs import CsvLog, TensorBoardLog
 
 
@@ -66,23 +68,34 @@ class MetricsWriter:
     writes nothing (a process that is not rank 0)."""
 
     def __init__(self, out: str | None, records: Sequence[dict] = (), tensorboard: bool = False):
-        """Start the files afresh, holding ``records`` (the epochs before a resume)."""
-        self.out, self.csv, self.tensorboard = out, None, None
+        """Start the files afresh, holding ``records`` (the epochs before a resume): now if there are any,
+        else at the first epoch (a run that fails before it leaves no empty files)."""
+        self.out, self.csv, self.tensorboard, self.first = out, None, None, list(records)
         if out:
             os.makedirs(out, exist_ok=True)
-            with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
-            self.csv = CsvLog(os.path.join(out, "metrics.csv"), records)
+            if records:
+                self._start()
             if tensorboard:
                 self.tensorboard = TensorBoardLog(os.path.join(out, "tensorboard"), records)
 
+    def _start(self) -> None:
+        """metrics.jsonl (written whole: tmp + rename) and metrics.csv, holding the epochs so far."""
+        write_atomic(os.path.join(self.out, "metrics.jsonl"), "".join(_line(r) for r in self.first))
+        self.csv = CsvLog(os.path.join(self.out, "metrics.csv"), self.first)
+
     def epoch(self, rec: dict) -> None:
-        if self.out:
+        """Append the epoch's line (one write) and row; the first epoch of a fresh run writes the files."""
+        if not self.out:
+            return
+        if self.csv is None:
+            self.first.append(rec)
+            self._start()
+        else:
             with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(_line(rec))
             self.csv.epoch(rec)
-            if self.tensorboard is not None:
-                self.tensorboard.epoch(rec)
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(rec)
 
     def close(self) -> None:
         """Close the TensorBoard writer (every epoch is on disk already)."""
@@ -90,10 +103,26 @@ class MetricsWriter:
             self.tensorboard.close()
 
 
+def _line(rec: dict) -> str:
+    return json.dumps(json_safe(rec), allow_nan=False) + "\n"
+
+
 def write_summary(out: str, summary: dict) -> None:
-    """out/summary.json."""
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    """out/summary.json, written whole (``write_atomic``)."""
+    write_atomic(os.path.join(out, "summary.json"), json.dumps(json_safe(summary), indent=2, allow_nan=False))
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``path`` through a temporary file renamed over it: a reader (or a run killed mid-write) sees
+    the old file or the new one, never a part; the temporary file never stays behind."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def progress_bar(total: int, enabled: bool, desc: str, epochs: int | None = None, stream=None):

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import resume as resuming
+from .config import MAX_TIMEOUT
 from .data.loader import training_data
 from .engines.sim import evaluate, run_sim
 from .evaluation import eval_chunks
@@ -139,10 +140,11 @@ class Pipeline:
         or a Dataset with ``batch_size``); evaluate ``val_data`` ((x, y) tensors or an iterable of batches,
         read once per fit) after every epoch. Returns the history: one dict per epoch (metrics.jsonl's
         records). ``out``: the run directory (metrics.jsonl, summary.json, model.pt: the final weights; the
-        timeline on dist); checkpoint: write ``out/checkpoint.pt`` after every epoch; resume: a checkpoint
-        file to continue, ``epochs`` counting the epochs before it (a finished run's: more extend it, see
-        ``resume.py``); info: what describes the run, stored in the checkpoint and the summary. A second
-        fit continues the same stages (optimizer, scheduler and predictor state kept)."""
+        timeline on dist), written where told, over an earlier run's files too (``train(cfg)`` and the CLI
+        refuse such a directory: ``outdir.py``); checkpoint: write ``out/checkpoint.pt`` after every epoch;
+        resume: a checkpoint file to continue, ``epochs`` counting the epochs before it (a finished run's:
+        more extend it, see ``resume.py``); info: what describes the run, stored in the checkpoint and the
+        summary. A second fit continues the same stages (optimizer, scheduler and predictor state kept)."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1 (got {epochs!r})")
         if checkpoint and not out:
@@ -321,8 +323,8 @@ def _check_engine(engine: str, replicas: int, timeout: float, threads: int) -> N
         raise ValueError(f"replicas must be an integer >= 1 (got {replicas!r})")
     if replicas > 1 and engine != "dist":
         raise ValueError(f"replicas={replicas} needs engine='dist' (the simulator runs one replica)")
-    if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
-        raise ValueError(f"timeout must be a finite number of seconds > 0 (got {timeout!r})")
+    if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and 0 < timeout <= MAX_TIMEOUT):
+        raise ValueError(f"timeout must be greater than 0 and at most {MAX_TIMEOUT:g} seconds (got {timeout!r})")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
 

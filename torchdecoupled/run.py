@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, outdir
 from .build import build_pipeline
 from .config import RunConfig
 
@@ -22,6 +22,7 @@ def train(cfg: RunConfig) -> dict | None:
     """Run one training job on either engine; returns the summary (also written to cfg.out/summary.json).
     Under torchrun, ranks other than 0 return None."""
     cfg = cfg.resolved()
+    outdir.check(cfg.out, cfg.resume, cfg.force)  # before anything is read or written
     if cfg.engine == "sim":
         torch.set_num_threads(cfg.threads or 1)  # one thread per stage worker: deterministic, as in dist
     path, state = None, None
@@ -30,6 +31,8 @@ def train(cfg: RunConfig) -> dict | None:
         state = checkpoint.read(path, map_location="cpu")
         cfg = checkpoint.check_config(state, cfg, path)
     pipe, data, batches = build_pipeline(cfg)
+    if cfg.force:  # the earlier run's results go only once this one is set to start (outdir.py)
+        outdir.clear(cfg.out, cfg.resume)
     if state is not None:
         checkpoint.check_boundaries(state, pipe.boundaries, path, cfg.partition)
         del state

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -253,9 +254,30 @@ def format_grid(schedule: Schedule, max_ticks: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def eval_ticks(schedule: Schedule, per_epoch: int, epochs: int) -> dict[int, int]:
-    """tick -> epoch whose evaluation follows that tick: after the tick in which the last stage computes
-    the loss of the epoch's last batch; the final epoch after the pipeline drains."""
-    ticks = {schedule.loss_tick((e + 1) * per_epoch - 1): e for e in range(epochs - 1)}
-    ticks[schedule.num_ticks - 1] = epochs - 1
-    return ticks
+class EvalTicks(Mapping):
+    """tick -> epoch whose evaluation follows that tick, computed, not stored (a run of 1e11 epochs costs
+    nothing): epoch e < E-1 after the tick in which the last stage computes the loss of its last batch,
+    ``loss_tick((e + 1) * per_epoch - 1)``; the final epoch after the pipeline drains (the last tick)."""
+
+    def __init__(self, schedule: Schedule, per_epoch: int, epochs: int):
+        self.per_epoch, self.epochs = per_epoch, epochs
+        self.first, self.last = schedule.loss_tick(per_epoch - 1), schedule.num_ticks - 1
+
+    def __getitem__(self, t: int) -> int:
+        if t == self.last:
+            return self.epochs - 1
+        e, r = divmod(t - self.first, self.per_epoch)  # loss_tick(b) is b plus a constant
+        if r or not 0 <= e < self.epochs - 1:
+            raise KeyError(t)
+        return e
+
+    def __iter__(self) -> Iterator[int]:
+        return (self.first + e * self.per_epoch if e < self.epochs - 1 else self.last for e in range(self.epochs))
+
+    def __len__(self) -> int:
+        return self.epochs
+
+
+def eval_ticks(schedule: Schedule, per_epoch: int, epochs: int) -> EvalTicks:
+    """The evaluation ticks of a run: ``t in evals``, ``evals[t]`` (the epoch), in tick order (``EvalTicks``)."""
+    return EvalTicks(schedule, per_epoch, epochs)

@@ -14,6 +14,9 @@ delayed backward differentiates"):
 
 Gradients are taken with ``torch.autograd.grad`` and summed into ``p.grad`` (ADL accumulates M of them);
 ``update()`` steps the optimizer and clears them, and the LR scheduler once per epoch or once per update.
+A loss, an activation sent up, a buffer after F (BatchNorm's running statistics), a gradient sent down or a
+parameter after U that is not finite raises ``NonFiniteError`` naming the stage, the batch, the tick and the
+tensor (``finite.py``).
 
 A stage's input and output are a Tensor or a pytree of tensors; ``boundary.py`` says what travels with
 which gradient. The last stage's ``criterion(outputs, targets)`` may take any outputs and targets; the
@@ -32,6 +35,7 @@ from torch.func import functional_call
 from .boundary import batch_size, detach_tree, grad_leaves, grad_tree, leaves, map_tensors, nbytes, pairs
 from .boundary import require_grad, to_device
 from .evaluation import accuracy_counts
+from .finite import require_finite
 from .methods import Method
 from .schedule import Schedule
 
@@ -103,6 +107,10 @@ class Stage:
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.head_params = [p for p in head.parameters() if p.requires_grad] if head is not None else []
+        head_names = [f"head.{n}" for n, p in head.named_parameters() if p.requires_grad] if head is not None else []
+        self.param_names = [f"parameter {n!r}" for n in self.names + head_names]  # of params + head_params
+        named = [(n, t) for n, t in module.named_buffers() if t.is_floating_point()]  # moved by F (BatchNorm)
+        self.buffers, self.buffer_names = [t for _, t in named], [f"buffer {n!r}" for n, _ in named]
         self.num_updates = 0
         self.inflight: dict[int, InFlight] = {}
         self.telemetry = Telemetry()
@@ -164,6 +172,7 @@ class Stage:
                 weights = self.predictor(self, self.schedule.staleness(self.index, b))
             with torch.no_grad(), self._rng(b):
                 out = self._call(x, weights)
+            self._check_forward(b, out)
             self.inflight[b] = InFlight(self.num_updates, x, None, None, nbytes(x))
             self._track_bytes()
             return out
@@ -181,6 +190,7 @@ class Stage:
                                      f"a local-learning method takes a Tensor: cut where a Tensor crosses, or "
                                      f"use a method without heads")
                 root = self.head.loss(out, y.to(self.device), x0.to(self.device) if x0 is not None else None)
+        self._check_forward(b, send, root if self.is_last or self.is_local else None)
         for t in leaves(out):
             if isinstance(t, torch.Tensor):
                 saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
@@ -229,7 +239,12 @@ class Stage:
             else:
                 p.grad += g
         self._track_bytes()
-        return grad_tree(x, grads[len(params):]) if self.sends_grad else None
+        if not self.sends_grad:
+            return None
+        sent = grads[len(params):]
+        self._check(sent, "backward", b, self.schedule.backward_tick(self.index, b),
+                    ["the gradient it sends down"] * len(sent))
+        return grad_tree(x, sent)
 
     def update(self) -> None:
         """Apply the summed gradients (with ADL's warm-up factor), clear them, step the LR schedule."""
@@ -244,6 +259,9 @@ class Stage:
         if factor != 1.0:
             for g, lr in zip(self.optimizer.param_groups, lrs):
                 g["lr"] = lr
+        b = self._last_backward  # U follows the B of b in its tick
+        tick = self.schedule.backward_tick(self.index, b)
+        self._check(self.params + self.head_params, "update", b, tick, self.param_names)
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
         if self.scheduler_interval == "step":
@@ -252,6 +270,21 @@ class Stage:
             self._sched_steps -= 1
             if self.scheduler is not None:
                 self.scheduler.step()
+
+    def _check_forward(self, b: int, send, loss: torch.Tensor | None = None) -> None:
+        """The loss (if any), the activation sent up and the buffers, after the F of batch b."""
+        sent = [t for t in leaves(send) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        tensors, names = sent + self.buffers, ["the activation it sends up"] * len(sent) + self.buffer_names
+        if loss is not None:
+            tensors, names = [loss] + tensors, ["the auxiliary head's loss" if self.is_local else "the loss"] + names
+        self._check(tensors, "forward", b, self.schedule.forward_tick(self.index, b), names)
+
+    def _check(self, tensors: list, op: str, b: int, tick: int, names: list[str]) -> None:
+        require_finite(tensors, lambda i: f"stage {self.index}: after the {op} of batch {b} (tick {tick}), {names[i]}",
+                       self._lr)
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else 0.0
 
     def _warmup_factor(self) -> float:
         w = self.method.warmup_epochs
@@ -284,7 +317,7 @@ class Stage:
             "tau_mean": sum(taus) / len(taus) if taus else 0.0,
             "tau_max": max(taus) if taus else 0,
             "peak_bytes": t.epoch_peak_bytes,
-            "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else 0.0,
+            "lr": self._lr(),
         }
         if losses:
             out["loss_sum"] = float(sum(r[1].item() * r[3] for r in losses))

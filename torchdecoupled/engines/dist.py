@@ -177,10 +177,14 @@ def check_backend(backend: str | None, device: str) -> str:
 
 
 def check_init_method(url: str) -> None:
-    """A tcp:// rendezvous on this machine must name a free port: say so now rather than hang or fail later."""
+    """A rendezvous the launcher can complete: a tcp:// one on this machine names a free port, a file://
+    one a new file in a directory that exists (torch's FileStore would wait forever for a missing
+    directory, and read a stale file's keys). Say so now rather than hang or fail later."""
     u = urlparse(url)
     if u.scheme not in ("tcp", "file", "env"):
         raise ValueError(f"bad --init-method {url!r} (valid: tcp://host:port, file:///path, env://)")
+    if u.scheme == "file":
+        _check_file_rendezvous(url, u.path)
     if u.scheme != "tcp":
         return
     if u.port is None or not u.hostname:
@@ -194,6 +198,18 @@ def check_init_method(url: str) -> None:
         except OSError as e:
             raise ValueError(f"port {u.port} on {u.hostname} is already in use (--init-method {url}: {e.strerror}); "
                              f"choose a free port, or leave --init-method out to get one") from None
+
+
+def _check_file_rendezvous(url: str, path: str) -> None:
+    if not path or path.endswith("/"):
+        raise ValueError(f"bad --init-method {url!r}: file:// needs the path of a file, e.g. file:///tmp/rdv")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"--init-method {url}: no directory {folder!r} for the rendezvous file: create it, "
+                         f"or choose a path in a directory that exists")
+    if os.path.exists(path):
+        raise ValueError(f"--init-method {url}: {path!r} already exists (a stale rendezvous file, left by an "
+                         f"earlier run?): delete it, or choose a new path")
 
 
 def _device(device: str, local_rank: int) -> str:

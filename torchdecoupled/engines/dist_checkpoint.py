@@ -8,9 +8,10 @@ simulator's mailbox, split by receiver) and hands them, with its stage's state, 
 (``gather_object``), which writes replica r's pipeline as ``replicas[r]`` and replaces the file
 atomically. The messages stay where ``recv`` finds them, and the run goes on.
 
-On resume every process reads the file (memory-mapped: it touches only its own stage's part; under
-torchrun every machine needs the file at the --resume path), restores its stage, keeps the messages
-addressed to it as already received, and plans its channels from the next tick on (``MessagePlan.start``).
+On resume every process reads the file (memory-mapped: it restores only its own stage's part, but verifying
+the checksum reads all of it once; under torchrun every machine needs the file at the --resume path),
+restores its stage, keeps the messages addressed to it as already received, and plans its channels from
+the next tick on (``MessagePlan.start``).
 """
 from __future__ import annotations
 

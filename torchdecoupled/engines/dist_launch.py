@@ -17,7 +17,10 @@ stage, the rank and the tick (each child writes its current tick into a shared a
 error is caused by a peer (the peer died, or was silent past the timeout) is a consequence, not the
 cause: the launcher then names a stopped process if there is one (from /proc), or waits up to
 ``GRACE_S`` for the cause to show itself. Children watch the launcher in turn: when their pipe to it
-closes (the launcher died), they exit. Ctrl-C reaches the launcher, which stops the children.
+closes (the launcher died), they exit. Ctrl-C reaches the launcher, which stops the children; so does
+SIGTERM (``DistributedError``: the CLI prints one line and exits 1). Set-up is bounded: a rank that has
+not reached its first tick ``job.timeout`` seconds after its payload was sent (a rendezvous that never
+completes, a peer that never answers) fails the run, naming the rank.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import time
 import traceback
 import types
 from datetime import timedelta
+from urllib.parse import urlparse
 
 from .dist_job import DistJob
 from .dist_layout import Layout
@@ -61,15 +65,14 @@ def launch(job: DistJob, payloads, devices: list[str], backend: str, fault: Faul
     world = job.world_size
     ctx = _context()
     progress = ctx.Array("q", [-1] * world, lock=False)  # each rank's current tick (-1: setting up)
-    store = None
-    if job.init_method:
-        rendezvous = ("url", job.init_method)
-    else:
-        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=job.timeout))
-        rendezvous = ("store", ("127.0.0.1", store.port))
-    procs, conns = [], []
+    store, procs, conns, previous = None, [], [], _raise_on_sigterm()
     try:
+        if job.init_method:
+            rendezvous = ("url", job.init_method)
+        else:
+            store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                                  timeout=timedelta(seconds=job.timeout))
+            rendezvous = ("store", ("127.0.0.1", store.port))
         for rank in range(world):
             layout = Layout(job.stages, job.replicas, rank)
             here, there = ctx.Pipe()
@@ -86,16 +89,37 @@ def launch(job: DistJob, payloads, devices: list[str], backend: str, fault: Faul
                 conn.send_bytes(payload)
             except OSError:
                 pass  # that child is gone already: _watch says why
-        return _watch(procs, conns, progress, Layout(job.stages, job.replicas, 0), on_epoch)
+        setup = (job.timeout, f"--init-method {job.init_method}" if job.init_method else "the launcher's TCPStore")
+        return _watch(procs, conns, progress, Layout(job.stages, job.replicas, 0), on_epoch, setup)
     finally:
         for p in procs:
             if p.is_alive():
-                p.kill()
+                p.kill()  # SIGKILL ends a stopped process too
         for p in procs:
             p.join(5)
         for c in conns:
             c.close()
         del store
+        if job.init_method and job.init_method.startswith("file://"):  # check_init_method: it was not there
+            with contextlib.suppress(OSError):
+                os.remove(urlparse(job.init_method).path)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM stop the run as Ctrl-C does (``launch``'s finally kills every child; the forkserver and
+    the resource tracker end with this process); returns the handler to restore (None off the main thread,
+    where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise DistributedError("distributed run stopped by SIGTERM: every stage process was killed")
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, stop)
+    return signal.SIG_DFL if previous is None else previous
 
 
 @contextlib.contextmanager
@@ -166,15 +190,20 @@ def _exit_with_launcher(conn) -> None:
     os._exit(1)
 
 
-def _watch(procs, conns, progress, layout: Layout, on_epoch=None):
-    """Wait for every child; on the first failure raise DistributedError (the caller kills the rest)."""
+def _watch(procs, conns, progress, layout: Layout, on_epoch=None, setup=None):
+    """Wait for every child; on the first failure raise DistributedError (the caller kills the rest).
+    ``setup``: (seconds, what the ranks rendezvous through): every rank must reach its first tick by then."""
     waiting = {p.sentinel: r for r, p in enumerate(procs)}
     waiting.update({c: r for r, c in enumerate(conns)})
     reports: dict[int, tuple] = {}
     codes: dict[int, int] = {}
-    first = None
+    first, setup_end = None, None if setup is None else time.monotonic() + setup[0]
     while waiting:
-        timeout = None if first is None else max(0.0, first + GRACE_S - time.monotonic())
+        if first is None and setup_end is not None:
+            _check_setup(procs, progress, layout, setup, setup_end)
+            setup_end = setup_end if any(progress[r] < 0 and p.is_alive() for r, p in enumerate(procs)) else None
+        end = first + GRACE_S if first is not None else setup_end
+        timeout = None if end is None else max(0.0, end - time.monotonic())
         for obj in mp.connection.wait(list(waiting), timeout):
             if obj not in waiting:  # a pipe already read when its process ended
                 continue
@@ -216,6 +245,17 @@ def _watch(procs, conns, progress, layout: Layout, on_epoch=None):
     if 0 not in reports:
         raise DistributedError("distributed run failed: rank 0 ended without reporting its result")
     return reports[0][1]
+
+
+def _check_setup(procs, progress, layout: Layout, setup, end: float) -> None:
+    """Past the set-up deadline with a rank still setting up: raise DistributedError naming it."""
+    late = [r for r, p in enumerate(procs) if progress[r] < 0 and p.is_alive()]
+    if late and time.monotonic() >= end:
+        seconds, how = setup
+        names = ", ".join(layout.name(r) for r in late)
+        raise DistributedError(f"distributed run failed: {names} still setting up after {seconds:g} s (--timeout): "
+                               f"the rendezvous through {how} did not complete, or a peer did not answer; check "
+                               f"it, or raise --timeout if set-up needs longer")
 
 
 def _explain(r: int, reports, codes, progress, layout: Layout) -> str:

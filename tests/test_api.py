@@ -283,3 +283,11 @@ def test_an_optimizer_over_other_parameters_is_refused():
     other = nn.Linear(2, 2)
     with pytest.raises(ValueError, match=r"the optimizer of stage 0 holds 2 parameter\(s\) that are not the stage's"):
         td.Pipeline(tiny_model(), "fdg", 2, optimizer=lambda p: torch.optim.SGD(other.parameters(), lr=0.1))
+
+
+def test_a_label_outside_the_classes_names_the_stage_and_the_batch():
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.full((8,), 7)
+    pipe = td.Pipeline(tiny_model(), "fdg", 2, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with pytest.raises(ValueError, match=r"stage 1: the criterion failed on batch 0 \(outputs \(8, 3\) float64, "
+                                         r"targets \(8,\) int64 in \[7, 7\]\): IndexError: Target 7 is out of bounds"):
+        pipe.fit([(x, y)], progress=False)

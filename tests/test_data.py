@@ -257,3 +257,24 @@ def test_batches_augment_depends_only_on_seed_and_batch():
     ordered = Batches(x, y, 5, seed=4, augment=random_crop_flip, shuffle=False)
     assert torch.equal(ordered.get(1)[1], ordered.get(1 + ordered.per_epoch)[1])
     assert not torch.equal(ordered.get(1)[0], ordered.get(1 + ordered.per_epoch)[0])  # same images, new crops
+
+
+class _Touch:
+    """Unpickling this would create a file: what a crafted data file could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("content", ["garbage", "crafted"])
+def test_a_cifar_batch_that_is_not_one_is_refused_and_runs_nothing(tmp_path, content):
+    write_cifar_pickles(tmp_path, "cifar10")
+    victim = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    touched = tmp_path / "touched"
+    victim.write_bytes(b"\x80\x04garbage" if content == "garbage" else pickle.dumps({b"data": _Touch(str(touched))}))
+    with pytest.raises(ValueError, match=rf"{victim}: not a CIFAR python batch \(UnpicklingError: "):
+        load_dataset("cifar10", root=str(tmp_path))
+    assert not touched.exists()

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils._pytree import tree_leaves
 
 from .boundary import batch_size, detach_tree, grad_leaves, grad_tree, leaves, map_tensors, nbytes, pairs
 from .boundary import require_grad, to_device
@@ -200,7 +201,11 @@ class Stage:
 
     def _loss(self, b: int, out, y) -> torch.Tensor:
         y = to_device(y, self.device)
-        loss = self.criterion(out, y)
+        try:
+            loss = self.criterion(out, y)
+        except (IndexError, RuntimeError, ValueError, TypeError) as e:  # e.g. a label outside [0, classes)
+            raise ValueError(f"stage {self.index}: the criterion failed on batch {b} (outputs {_shapes(out)}, targets "
+                             f"{_shapes(y)}): {type(e).__name__}: {e}") from None
         correct, count = accuracy_counts(out, y) or (None, None)
         self.telemetry.losses.append((b, loss.detach(), correct, batch_size(y, out), count))
         return loss
@@ -328,3 +333,16 @@ class Stage:
                 out["targets"] = sum(r[4] for r in scored)
         t.epoch_peak_bytes = self.stored_bytes
         return out
+
+
+def _shapes(tree) -> str:
+    """Shapes and dtypes of a batch's tensors, with the range of integer ones (labels)."""
+    def one(t):
+        if not isinstance(t, torch.Tensor):
+            return type(t).__name__
+        text = f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+        if not t.is_floating_point() and t.numel():
+            text += f" in [{int(t.min())}, {int(t.max())}]"
+        return text
+    leaves = tree_leaves(tree)
+    return ", ".join(one(t) for t in leaves) if len(leaves) != 1 else one(leaves[0])

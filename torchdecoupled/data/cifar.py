@@ -42,11 +42,30 @@ _SPECS = {
 IMAGE_BYTES = 3 * 32 * 32
 
 
+class _Arrays(pickle.Unpickler):
+    """Unpickles the archive's dicts, lists, bytes and numpy arrays, and nothing else: a crafted file
+    cannot run code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch does not hold")
+
+
 def _read_pickle(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return images, np.asarray(batch[label_key], dtype=np.int64)
+    try:
+        with open(path, "rb") as f:
+            batch = _Arrays(f, encoding="bytes").load()
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {e}): expected the official "
+                         f"archive's pickled dict with {label_key!r} and b'data' (3072 bytes an image)") from None
+    if len(labels) != len(images):
+        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+    return images, labels
 
 
 def _read_binary(path: str, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 scheduler factories, the partition, and the ``Pipeline`` that trains them (``run.train`` calls it)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -14,7 +15,7 @@ from .data import FolderData, load_dataset
 from .data.batches import Batches
 from .data.loader import training_data
 from .methods import Method, get_method
-from .models import build_model
+from .models import build_model, lm_loss
 from .schedule import Schedule
 from .stage import Stage
 from .stagespec import StageSpec
@@ -42,13 +43,25 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
                      f"takes any torch.optim optimizer)")
 
 
-def make_scheduler(cfg: RunConfig, optimizer):
-    """Epoch-based LR schedules; a stage steps its scheduler after applying an epoch's last gradient."""
+def make_scheduler(cfg: RunConfig, optimizer, updates: int = 1):
+    """cosine, step: per epoch (a stage steps its scheduler after applying an epoch's last gradient);
+    warmup_cosine: per update, ``updates`` of them in the run (linear warm-up, then cosine to 0)."""
+    if cfg.lr_schedule == "warmup_cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, updates, cfg.lr_warmup))
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.lr_schedule == "step":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
     return None
+
+
+def warmup_cosine(updates: int, warmup: float, step: int) -> float:
+    """The LR factor after ``step`` updates: linear from 1/w to 1 over the first w = warmup x updates
+    (at least 1), then a cosine from 1 to 0 at ``updates``."""
+    w = max(1, round(warmup * updates))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - w) / max(1, updates - w))))
 
 
 def parse_partition(spec: str) -> dict:
@@ -71,14 +84,17 @@ def build_pipeline(cfg: RunConfig) -> tuple:
     cfg = cfg.resolved()
     dtype = getattr(torch, cfg.dtype)
     method = get_method(cfg.method, **cfg.method_opts)
-    data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download)
+    text = cfg.dataset == "text"
+    data = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed, download=cfg.download,
+                        **({"context": cfg.context} if text else {}))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_shape, **cfg.model_opts).to(dtype)
     streamed = isinstance(data, FolderData)
     if streamed:  # fit's first pass over it is epoch 0: nothing here iterates it
         batches = data.train_loader(cfg.batch_size, cfg.seed, dtype)
-    else:
-        batches = Batches(data.train_x.to(dtype), data.train_y, cfg.batch_size, cfg.seed, augment=data.augment)
+    else:  # text: tokens stay integers
+        x = data.train_x if not data.train_x.is_floating_point() else data.train_x.to(dtype)
+        batches = Batches(x, data.train_y, cfg.batch_size, cfg.seed, augment=data.augment)
 
     def first_inputs(n: int) -> torch.Tensor:
         return data.sample(n, dtype) if streamed else batches.get(0)[0][:n]
@@ -92,8 +108,14 @@ def build_pipeline(cfg: RunConfig) -> tuple:
     opts = dict(cfg.method_opts)
     head = opts.pop("head", None)
     local = method.family == "local"
+    per_step = cfg.lr_schedule == "warmup_cosine"
+    per_epoch = batches.per_epoch if isinstance(batches, Batches) else len(batches)
+    updates = math.ceil(cfg.epochs * per_epoch / method.accumulate)  # of each stage, in the whole run
+    lm = {"criterion": lm_loss, "token_unit": "byte"} if text else {}
     pipe = Pipeline(model, cfg.method, cfg.stages, optimizer=partial(make_optimizer, cfg),
-                    scheduler=partial(make_scheduler, cfg), seed=cfg.seed, head=head,
+                    scheduler=partial(make_scheduler, cfg, updates=updates),
+                    scheduler_interval="step" if per_step else "epoch", precision=cfg.precision, **lm,
+                    seed=cfg.seed, head=head,
                     num_classes=data.num_classes if local else None, engine=cfg.engine, replicas=cfg.replicas,
                     device=cfg.device, backend=cfg.backend, timeout=cfg.timeout, init_method=cfg.init_method,
                     threads=cfg.threads or 1, trace=cfg.trace, **part, **opts)

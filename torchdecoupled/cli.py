@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,19 +16,47 @@ from .cli_options import (_D, COMPARE_KEYS, COMPARE_METHODS, RAW, SCHEDULE_DOC, 
                           _add_method_options, _add_run_options, _epilog, _method_opts, _names, _options)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors in one line (its usage block is what --help shows)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _announce(cfg: RunConfig) -> RunConfig:
     """Print the resolved configuration on stderr and save it as OUT/config.toml, before the run starts (a
     directory that holds another run is refused first: nothing of it is touched)."""
     outdir.check(cfg.out, cfg.resume, cfg.force)
-    saved = f" (saved as {config_file.write(cfg, cfg.out)})" if cfg.out else ""
+    try:
+        saved = f" (saved as {config_file.write(cfg, cfg.out)})" if cfg.out else ""
+    except OSError as e:  # a read-only place, a path through a file, a name too long
+        raise ValueError(f"--out {cfg.out!r}: cannot write there ({e.strerror or e}): choose a directory you "
+                         f"can write to") from None
     print(f"config{saved}: {config_file.one_line(cfg)}", file=sys.stderr)
     return cfg
 
 
+@contextlib.contextmanager
+def _withdrawn_if_refused(out: str | None):
+    """A run refused after its configuration was saved (by a stage process while setting up) takes its
+    OUT/config.toml back, and OUT itself if it made it: a refused run leaves no run directory."""
+    made = bool(out) and not os.path.exists(out)
+    try:
+        yield
+    except (ValueError, TypeError):
+        if out and os.path.isdir(out) and not any(os.path.exists(os.path.join(out, n)) for n in outdir.RUN_FILES):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out, config_file.FILE))
+                if made:
+                    os.rmdir(out)
+        raise
+
+
 def cmd_train(a) -> int:
     from .run import train
-    cfg = _announce(config_file.to_config(_options(a, TRAIN_KEYS)).resolved())
-    s = train(cfg)
+    cfg = config_file.to_config(_options(a, TRAIN_KEYS)).resolved()
+    with _withdrawn_if_refused(cfg.out):
+        s = train(cfg, on_ready=_announce)
     if s is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     if cfg.out and cfg.partition == "time":  # measured cuts differ from run to run: save the ones this run used
@@ -48,7 +77,8 @@ def cmd_compare(a) -> int:
             for m in methods]  # every bad value fails here, before the first run
     rows = []
     for cfg in cfgs:
-        s = train(_announce(cfg))
+        with _withdrawn_if_refused(cfg.out):
+            s = train(cfg, on_ready=_announce)
         rows.append((s["method"], s["test_acc"], s["train_loss"], s["time_s"]))
         print(f"  {s['method']:<28} test_acc {s['test_acc']:.4f}", file=sys.stderr)
     print(f"\n{cfgs[0].dataset}, K={cfgs[0].stages}, seed {cfgs[0].seed}")
@@ -101,8 +131,18 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_sample(a) -> int:
+    """Continue --prompt with --tokens bytes drawn from a finished language-model run."""
+    import torch
+
+    from .sample import sample
+    torch.set_num_threads(1)
+    print(sample(a.run, a.prompt, a.tokens, temperature=a.temperature, top_k=a.top_k, seed=a.seed))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchdecoupled", description=__doc__)
+    p = _Parser(prog="torchdecoupled", description=__doc__)
     from .version import version
     p.add_argument("--version", action="version", version=f"torchdecoupled {version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -145,6 +185,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", metavar="DIR", help="where that dataset's files are (default: the run's)")
     e.add_argument("--json", action="store_true", help="print one JSON object: run, dataset, test_loss, test_acc")
     e.set_defaults(fn=cmd_eval)
+    sm = sub.add_parser("sample", help="generate text from a finished language-model run (train --dataset text)")
+    sm.add_argument("run", metavar="RUN", help="a run directory written by train --dataset text --out")
+    sm.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    sm.add_argument("--tokens", type=int, default=200, help="bytes to generate (default 200)")
+    sm.add_argument("--temperature", type=float, default=1.0, help="softmax temperature > 0 (default 1)")
+    sm.add_argument("--top-k", type=int, default=0, help="draw among the K likeliest bytes (default 0: all)")
+    sm.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    sm.set_defaults(fn=cmd_sample)
     sub.add_parser("methods", help="list the methods").set_defaults(fn=cmd_methods)
     b = sub.add_parser("bench", help="speed: images/s of BP, FDG/ADL/DTRP (dist) and torch pipelining, side by side")
     from .bench import add_arguments
@@ -157,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         print(f"torchdecoupled: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # a distributed run whose stage failed: one line naming the stage

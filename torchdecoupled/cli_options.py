@@ -90,18 +90,27 @@ def _add_run_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("--model", help=f"{', '.join(sorted(MODELS))} (default: the dataset's, below)")
     p.add_argument("--epochs", type=int, help="epochs (default: the dataset's, below)")
     p.add_argument("--batch-size", type=int, help="mini-batch size (default: the dataset's, below)")
-    p.add_argument("--optimizer", help=f"sgd, adam or adamw (default {_D.optimizer})")
+    p.add_argument("--optimizer", help="sgd, adam or adamw (default: the dataset's recipe: sgd; text: adamw)")
     p.add_argument("--lr", type=float, help="learning rate (default: the dataset's, below)")
     p.add_argument("--momentum", type=float, help=f"SGD's momentum (default {_D.momentum}; adam, adamw: unused)")
     p.add_argument("--weight-decay", type=float, help=f"every optimizer's weight decay (default {_D.weight_decay:g})")
-    p.add_argument("--lr-schedule", help=f"cosine (annealed to 0 over --epochs), step (x0.1 at each of "
-                                         f"--milestones) or none (default {_D.lr_schedule})")
+    p.add_argument("--lr-schedule", help="cosine (annealed to 0 over --epochs), step (x0.1 at each of "
+                                         "--milestones), warmup_cosine (per update: linear warm-up over --lr-warmup "
+                                         "of the updates, then cosine to 0) or none (default: the dataset's recipe: "
+                                         "cosine; text: warmup_cosine)")
+    p.add_argument("--lr-warmup", type=float, metavar="F", help=f"warmup_cosine: the fraction of the updates that "
+                                                                f"warm up (default {_D.lr_warmup:g})")
     p.add_argument("--milestones", type=_ints, help="epochs for --lr-schedule step, e.g. 150,225,275 (default: none)")
     p.add_argument("--partition", help="params, time, uniform, flops, or cut points like 3,6 (default: the "
                                        "method's: params; dtrp: flops, its batch compensation)")
     p.add_argument("--seed", type=int, help=f"seed of the initial weights, batch order and augmentation "
                                             f"(default {_D.seed})")
-    p.add_argument("--dtype", help=f"float32 or float64 (default {_D.dtype})")
+    p.add_argument("--dtype", help=f"the weights' dtype: float32 or float64 (default {_D.dtype})")
+    p.add_argument("--precision", help=f"float32, or bf16: each stage's forward under bf16 autocast, float32 master "
+                                       f"weights, activations and gradients between stages in bf16 (default "
+                                       f"{_D.precision})")
+    p.add_argument("--context", type=int, metavar="T", help=f"text: tokens (bytes) per window, the model's context "
+                                                            f"length (default {_D.context})")
     p.add_argument("--device", help=f"cpu, cuda or cuda:N (default {_D.device}; with --engine dist, cuda gives "
                                     f"each stage process its own GPU)")
     p.add_argument("--threads", type=int, help="torch threads per stage process, and in the simulator (default 1: "

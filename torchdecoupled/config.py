@@ -10,6 +10,7 @@ import torch
 
 from .methods import get_method
 from .models import MODELS
+from .precision import PRECISIONS
 
 # Sensible defaults per dataset: (model, epochs, batch size, lr)
 DATASET_DEFAULTS = {
@@ -21,8 +22,12 @@ DATASET_DEFAULTS = {
     "mnist": ("cnn2d", 10, 128, 0.05),
     "fashion_mnist": ("cnn2d", 20, 128, 0.05),
     "folder": ("resnet20", 30, 128, 0.1),   # a user's image folder, resized to 3x32x32
+    "text": ("gpt_mini", 2, 32, 3e-3),      # byte-level language modelling (data/text.py)
 }
-LR_SCHEDULES = ("none", "cosine", "step")
+# Where a dataset's recipe differs from (sgd, cosine per epoch): the optimizer and the LR schedule
+RECIPES = {"text": ("adamw", "warmup_cosine")}
+DEFAULT_RECIPE = ("sgd", "cosine")
+LR_SCHEDULES = ("none", "cosine", "step", "warmup_cosine")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
@@ -43,16 +48,19 @@ class RunConfig:
     model_opts: dict = field(default_factory=dict)
     epochs: int | None = None
     batch_size: int | None = None
-    optimizer: str = "sgd"
+    optimizer: str | None = None       # None: the dataset's recipe (sgd; text: adamw)
     lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"
+    lr_schedule: str | None = None     # None: the dataset's recipe (cosine; text: warmup_cosine, per update)
+    lr_warmup: float = 0.05            # warmup_cosine: the fraction of the updates that warm up linearly
     milestones: tuple[int, ...] = ()   # epochs for lr_schedule="step" (x0.1 each)
     partition: str | None = None       # params | time | uniform | flops, or boundaries "2,5"; None: the
                                        # method's default (params; dtrp: flops, its batch compensation)
     seed: int = 0
     dtype: str = "float32"
+    precision: str = "float32"         # float32, or bf16: autocast per stage, bf16 boundaries (precision.py)
+    context: int = 64                  # text: tokens per window (the model's context length)
     device: str = "cpu"
     engine: str = "sim"
     replicas: int = 1                  # dist engine: data-parallel replicas per stage (K x D processes)
@@ -78,6 +86,9 @@ class RunConfig:
         c.epochs = epochs if c.epochs is None else c.epochs
         c.batch_size = bs if c.batch_size is None else c.batch_size
         c.lr = lr if c.lr is None else c.lr
+        opt, schedule = RECIPES.get(self.dataset, DEFAULT_RECIPE)
+        c.optimizer = opt if c.optimizer is None else c.optimizer
+        c.lr_schedule = schedule if c.lr_schedule is None else c.lr_schedule
         method = get_method(c.method, **c.method_opts)  # raises on a bad name or option
         c.partition = c.partition or method.partition
         if c.stages < 1:
@@ -101,6 +112,15 @@ class RunConfig:
             raise ValueError(f"unknown --lr-schedule {c.lr_schedule!r} (valid: {', '.join(LR_SCHEDULES)})")
         if c.dtype not in DTYPES:
             raise ValueError(f"unknown --dtype {c.dtype!r} (valid: {', '.join(DTYPES)})")
+        if c.precision not in PRECISIONS:
+            raise ValueError(f"unknown --precision {c.precision!r} (valid: {', '.join(PRECISIONS)})")
+        if c.precision == "bf16" and c.dtype != "float32":
+            raise ValueError(f"--precision bf16 keeps float32 master weights: it needs --dtype float32 (got "
+                             f"--dtype {c.dtype})")
+        if isinstance(c.context, bool) or not isinstance(c.context, int) or not 1 <= c.context <= 1_000_000:
+            raise ValueError(f"--context must be an integer in [1, 1000000] (tokens per window), got {c.context!r}")
+        if not 0 <= c.lr_warmup < 1:
+            raise ValueError(f"--lr-warmup must be a fraction of the updates in [0, 1), got {c.lr_warmup}")
         check_device(c.device)
         if c.threads is not None and c.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {c.threads}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -28,9 +29,30 @@ def params_sha256(modules: Sequence[torch.nn.Module]) -> str:
     return h.hexdigest()
 
 
-def epoch_record(epoch: int, per_stage: Sequence[dict], evals: dict, elapsed: float, **extra) -> dict:
+def lm_keys(unit: str | None) -> tuple[str, ...]:
+    """The language-model fields of an epoch record with tokens of ``unit`` (None: none)."""
+    if unit is None:
+        return ()
+    return tuple(f"{split}_{name}" for split in ("train", "test") for name in (f"bits_per_{unit}", "perplexity"))
+
+
+def _lm_fields(rec: dict, unit: str) -> dict:
+    """Bits per token (``bits_per_<unit>`` = loss / ln 2) and perplexity (exp loss) of each split's mean loss
+    per token (natural log)."""
+    out = {}
+    for split in ("train", "test"):
+        loss = rec.get(f"{split}_loss")
+        if isinstance(loss, float) and math.isfinite(loss):
+            out[f"{split}_bits_per_{unit}"] = loss / math.log(2)
+            out[f"{split}_perplexity"] = math.exp(min(loss, 700.0))
+    return out
+
+
+def epoch_record(epoch: int, per_stage: Sequence[dict], evals: dict, elapsed: float, unit: str | None = None,
+                 **extra) -> dict:
     """Merge what every stage collected in an epoch (stage order) with the evaluation. ``train_acc`` =
-    correct / targets, only where the last stage counted targets (accuracy applies: Stage.collect)."""
+    correct / targets, only where the last stage counted targets (accuracy applies: Stage.collect).
+    ``unit``: a language model's token ("byte"): adds bits per token and perplexity (``lm_keys``)."""
     last = per_stage[-1]
     n = max(last.get("samples", 0), 1)
     acc = {"train_acc": last["correct"] / max(last["targets"], 1)} if "targets" in last else {}
@@ -39,6 +61,7 @@ def epoch_record(epoch: int, per_stage: Sequence[dict], evals: dict, elapsed: fl
         "train_loss": last.get("loss_sum", float("nan")) / n,
         **acc,
         **evals,
+        **(_lm_fields({"train_loss": last.get("loss_sum", float("nan")) / n, **evals}, unit) if unit else {}),
         "staleness": {"mean": [s["tau_mean"] for s in per_stage], "max": [s["tau_max"] for s in per_stage]},
         "stored_bytes_peak": [s["peak_bytes"] for s in per_stage],
         "lr": [s["lr"] for s in per_stage],

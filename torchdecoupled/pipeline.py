@@ -34,7 +34,8 @@ from .evaluation import eval_chunks
 from .heads import FACTORY_FIX, HeadFactory, build_head, check_factory, stage_head
 from .methods import METHODS, get_method
 from .logs import require_tensorboard
-from .metrics import MetricsWriter, epoch_record, machine, params_sha256, progress_bar, write_summary
+from .metrics import MetricsWriter, epoch_record, lm_keys, machine, params_sha256, progress_bar, write_summary
+from .precision import check_precision
 from .partition import cut_points, split
 from .schedule import Schedule, eval_ticks
 from .stage import Stage
@@ -68,8 +69,12 @@ class Pipeline:
                  head: str | HeadFactory | None = None, num_classes: int | None = None,
                  engine: str = "sim", replicas: int = 1, device: str | None = None, backend: str | None = None,
                  timeout: float = 60.0, init_method: str | None = None, threads: int = 1, trace: bool = True,
-                 batch_keys: tuple[str, str] = ("x", "y"), **method_opts):
+                 batch_keys: tuple[str, str] = ("x", "y"), precision: str = "float32", token_unit: str | None = None,
+                 **method_opts):
         _check_engine(engine, replicas, timeout, threads)
+        first = next((p for p in model.parameters()), None) if isinstance(model, nn.Module) else None
+        self.precision = check_precision(precision, first.dtype if first is not None else None)
+        self.token_unit = _check_unit(token_unit)
         if not callable(optimizer):
             raise TypeError(f"optimizer must be a factory, e.g. optimizer=lambda params: torch.optim.SGD(params, "
                             f"lr=0.1) (got {type(optimizer).__name__})")
@@ -106,7 +111,8 @@ class Pipeline:
     # ---- building the stages ------------------------------------------------------------------------
     def _spec(self, k: int) -> StageSpec:
         return StageSpec(k, self.modules[k], self.method, self.make_opt, self.make_sched, self.interval,
-                         self.criterion, self.seed, self.heads[k] if k < len(self.heads) else None)
+                         self.criterion, self.seed, self.heads[k] if k < len(self.heads) else None,
+                         precision=self.precision)
 
     def _ready(self, x) -> None:
         """Build the stages once: local learning first sizes its heads by a forward of x."""
@@ -197,7 +203,8 @@ class Pipeline:
                 return
             per_stage = [s.collect(evals[t]) for s in self.stages]
             ev = evaluate(self.stages, val, criterion=self.criterion, metrics=self.metrics) if val else {}
-            rec = epoch_record(first_epoch + evals[t], per_stage, ev, time.perf_counter() - clock)
+            rec = epoch_record(first_epoch + evals[t], per_stage, ev, time.perf_counter() - clock,
+                               unit=self.token_unit)
             records.append(rec)
             writer.epoch(rec)
             if on_epoch is not None:
@@ -241,7 +248,7 @@ class Pipeline:
 
         m = self.method
         job, specs = self.dist_parts(batches.per_epoch, epochs, progress, out, checkpoint, resume, info)
-        job.tensorboard = tensorboard
+        job.tensorboard, job.token_unit = tensorboard, self.token_unit
         result = engine.run(job, specs, resuming.later_epochs(batches, begin.first_epoch), val, on_epoch)
         self._adopt(result)
         if on_epoch is not None and engine.joined() is not None and engine.joined()[0] != 0:
@@ -261,6 +268,7 @@ class Pipeline:
             K = len(self.modules)
             for k in range(K - 1):
                 shape, dtype = result["boundaries"][k].leaves[0]
+                dtype = torch.float32 if self.precision == "bf16" else dtype
                 device = next(self.modules[k].parameters()).device
                 self.heads.append(build_head(self.head, k, K, shape, result["input_shape"], self.num_classes,
                                              self.seed, device, dtype))
@@ -293,7 +301,8 @@ class Pipeline:
         out = {"method": self.method.describe(), "paper": self.method.paper, "engine": self.engine,
                "stages": len(self.modules), "replicas": self.replicas, "epochs": run.get("epochs"),
                "seed": self.seed, **{k: info[k] for k in ("model", "dataset") if k in info},
-               **{k: last[k] for k in ("test_acc", "test_loss", "train_loss") if k in last},
+               **{k: last[k] for k in ("test_acc", "test_loss", "train_loss", *lm_keys(self.token_unit)) if k in last},
+               "precision": self.precision,
                "params_sha256": params_sha256(self.modules), "peak_stored_bytes": run.get("peaks"),
                "boundaries": self.boundaries, "delay": run["schedule"].delays, "ticks": run["schedule"].num_ticks,
                "time_s": last.get("time_s", round(run.get("time_s", 0.0), 3)),
@@ -327,6 +336,14 @@ def _check_engine(engine: str, replicas: int, timeout: float, threads: int) -> N
         raise ValueError(f"timeout must be greater than 0 and at most {MAX_TIMEOUT:g} seconds (got {timeout!r})")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
+
+
+def _check_unit(unit):
+    """token_unit: what one token of a language model is ("byte", "char", ...), for bits per unit."""
+    if unit is not None and not (isinstance(unit, str) and unit.isidentifier()):
+        raise ValueError(f"token_unit must be a word such as 'byte' or 'char' (it names the metric "
+                         f"bits_per_<unit>), or None (got {unit!r})")
+    return unit
 
 
 def _check_local(method, name: str, factory, num_classes) -> None:

@@ -38,6 +38,7 @@ from .boundary import require_grad, to_device
 from .evaluation import accuracy_counts
 from .finite import require_finite
 from .methods import Method
+from .precision import autocast, check_precision, eval_forward, to_boundary
 from .schedule import Schedule
 
 SCHEDULER_INTERVALS = ("epoch", "step")
@@ -85,7 +86,7 @@ class Stage:
                  criterion: Callable | None = None, head: nn.Module | None = None,
                  predictor: Callable | None = None, seed: int = 0, batches_per_epoch: int = 1,
                  grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
-                 scheduler_interval: str = "epoch"):
+                 scheduler_interval: str = "epoch", precision: str = "float32"):
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"unknown scheduler_interval {scheduler_interval!r} (valid: "
                              f"{', '.join(SCHEDULER_INTERVALS)})")
@@ -97,6 +98,7 @@ class Stage:
         self.head, self.predictor = head, predictor
         self.grad_sync = grad_sync  # replicas: average p.grad across the stage's data-parallel group
         self.seed, self.batches_per_epoch = seed, batches_per_epoch
+        self.precision = precision  # "bf16": autocast forwards, bfloat16 boundaries (precision.py)
         self.is_last = index == K - 1
         self.is_local = schedule.family == "local" and not self.is_last
         self.sends_grad = index > 0 and schedule.family != "local"
@@ -120,6 +122,7 @@ class Stage:
         self._last_backward = -1
         dev = self.params[0].device if self.params else torch.device("cpu")
         self.device = dev
+        check_precision(precision, self.params[0].dtype if self.params else None)
         self._rng_devices = [dev.index or 0] if dev.type == "cuda" else []
         if self.recompute and hasattr(predictor, "attach"):
             predictor.attach(self)  # its optimizer hooks must see every update, also one before the first F
@@ -137,12 +140,16 @@ class Stage:
             yield
 
     def _call(self, x, weights: list[torch.Tensor] | None, buffers: dict | None = None):
-        if weights is None and buffers is None:
-            return self.module(x)
-        tensors = dict(zip(self.names, weights if weights is not None else self.params))
-        if buffers:
-            tensors.update(buffers)
-        return functional_call(self.module, tensors, (x,))
+        """The stage's forward (under bf16: autocast, and what goes up cast to bfloat16 in the graph)."""
+        with autocast(self.precision, self.device):
+            if weights is None and buffers is None:
+                out = self.module(x)
+            else:
+                tensors = dict(zip(self.names, weights if weights is not None else self.params))
+                if buffers:
+                    tensors.update(buffers)
+                out = functional_call(self.module, tensors, (x,))
+        return out if self.is_last else to_boundary(out, self.precision)
 
     def _snapshot_params(self) -> list[torch.Tensor]:
         if self._snapshot is None or self._snapshot[0] != self.num_updates:
@@ -190,7 +197,8 @@ class Stage:
                     raise ValueError(f"stage {self.index} returns a {type(out).__name__}, but the auxiliary head of "
                                      f"a local-learning method takes a Tensor: cut where a Tensor crosses, or "
                                      f"use a method without heads")
-                root = self.head.loss(out, y.to(self.device), x0.to(self.device) if x0 is not None else None)
+                with autocast(self.precision, self.device):
+                    root = self.head.loss(out, y.to(self.device), x0.to(self.device) if x0 is not None else None)
         self._check_forward(b, send, root if self.is_last or self.is_local else None)
         for t in leaves(out):
             if isinstance(t, torch.Tensor):
@@ -202,7 +210,8 @@ class Stage:
     def _loss(self, b: int, out, y) -> torch.Tensor:
         y = to_device(y, self.device)
         try:
-            loss = self.criterion(out, y)
+            with autocast(self.precision, self.device):
+                loss = self.criterion(out, y)
         except (IndexError, RuntimeError, ValueError, TypeError) as e:  # e.g. a label outside [0, classes)
             raise ValueError(f"stage {self.index}: the criterion failed on batch {b} (outputs {_shapes(out)}, targets "
                              f"{_shapes(y)}): {type(e).__name__}: {e}") from None
@@ -301,13 +310,9 @@ class Stage:
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, x):
-        """Plain forward in eval mode with the current weights (x: a Tensor or a pytree)."""
-        was = self.module.training
-        self.module.eval()
-        try:
-            return self.module(to_device(x, self.device))
-        finally:
-            self.module.train(was)
+        """Plain forward in eval mode with the current weights (x: a Tensor or a pytree); under bf16 as
+        in training, the last stage's outputs in float32 (``precision.eval_forward``)."""
+        return eval_forward(self.module, to_device(x, self.device), self.precision, self.device, self.is_last)
 
     def collect(self, epoch: int) -> dict:
         """Pop the telemetry of batches of the given epoch (and earlier): staleness, peak stored bytes, lr,

@@ -31,6 +31,7 @@ class StageSpec:
     seed: int = 0
     head: nn.Module | None = None       # local learning's auxiliary head (stages 0..K-2)
     state: dict | None = None           # checkpoint.stage_state of an earlier fit: continue it
+    precision: str = "float32"          # "bf16": autocast forwards, bfloat16 boundaries (precision.py)
 
     def with_head(self, head) -> "StageSpec":
         return replace(self, head=head)
@@ -57,7 +58,7 @@ class StageSpec:
                 predictor = make_predictor(m.predictor)
         stage = Stage(self.index, schedule, m, module, opt, scheduler=sched, criterion=self.criterion, head=head,
                       predictor=predictor, seed=self.seed, batches_per_epoch=per_epoch,
-                      scheduler_interval=self.scheduler_interval)
+                      scheduler_interval=self.scheduler_interval, precision=self.precision)
         if old is not None:
             stage.num_updates = old.num_updates
         elif self.state is not None:

@@ -38,6 +38,7 @@ class DistJob:
     eval_batch: int = 1000
     tensorboard: bool = False            # rank 0 writes out/tensorboard/
     rng_state: object = None             # the caller's torch RNG state (a launcher's ranks start from it)
+    token_unit: str | None = None        # a language model's token ("byte"): bits per token in the records
 
     @property
     def world_size(self) -> int:

@@ -17,7 +17,7 @@ def _by_stage(items: list[dict], num_stages: int) -> list[list[dict]]:
     return stages
 
 
-def merge_epoch(epoch: int, items: list[dict], num_stages: int, elapsed: float) -> dict:
+def merge_epoch(epoch: int, items: list[dict], num_stages: int, elapsed: float, unit: str | None = None) -> dict:
     """One epoch record from every process's ``{stage, replica, collect, eval, idle}``."""
     per_stage, idle = [], []
     for reps in _by_stage(items, num_stages):
@@ -33,7 +33,7 @@ def merge_epoch(epoch: int, items: list[dict], num_stages: int, elapsed: float) 
         per_stage.append(merged)
         idle.append(round(sum(r["idle"] for r in reps) / len(reps), 4))
     evals = next(i["eval"] for i in items if i["eval"] is not None)
-    return epoch_record(epoch, per_stage, evals, elapsed, idle_fraction=idle)
+    return epoch_record(epoch, per_stage, evals, elapsed, unit=unit, idle_fraction=idle)
 
 
 def gathered(items: list[dict], job, backend: str) -> dict:

@@ -15,23 +15,15 @@ import torch
 import torch.distributed as dist
 from torch.utils._pytree import tree_map
 
+from ..precision import eval_forward
 from .dist_layout import Layout, collective
 from .dist_plan import Boundary
 
 
-@torch.no_grad()
-def _forward_one(module, x):
-    was = [(m, m.training) for m in module.modules()]
-    try:
-        return module.eval()(x)
-    finally:
-        for m, mode in was:
-            m.training = mode
-
-
-def agree_boundaries(layout: Layout, module, first_x, group, device) -> tuple[list[Boundary], tuple]:
+def agree_boundaries(layout: Layout, module, first_x, group, device, precision: str = "float32"
+                     ) -> tuple[list[Boundary], tuple]:
     """Every stage's Boundary and the input's per-sample shape, on every process. ``first_x``: batch 0's
-    inputs on rank 0 (None elsewhere)."""
+    inputs on rank 0 (None elsewhere); the pass runs as ``Stage.predict`` does (``precision``)."""
     K, D, k = layout.stages, layout.replicas, layout.stage
     mine, input_shape = None, None
     if layout.replica == 0:
@@ -43,7 +35,7 @@ def agree_boundaries(layout: Layout, module, first_x, group, device) -> tuple[li
             collective("receiving the start-up sample", dist.recv_object_list, box, (k - 1) * D, group=group)
             x, input_shape = box[0]
         x = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, x)
-        out = _forward_one(module, x)
+        out = eval_forward(module, x, precision, device, last=k == K - 1)
         mine = Boundary.of(out)
         if k < K - 1:
             out = tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, out)

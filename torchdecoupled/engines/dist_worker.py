@@ -123,13 +123,14 @@ class StageProcess:
             self.feed = RemoteFeed(layout, group, N, job.timeout, start=first_b, lag=self.lookahead - (K - 1))
         module = spec.module.to(device)
         first_x = self.feed.peek_input() if layout.rank == 0 else None
-        self.boundaries, input_shape = agree_boundaries(layout, module, first_x, group, device)
+        self.boundaries, input_shape = agree_boundaries(layout, module, first_x, group, device, spec.precision)
         self.input_shape = input_shape
         eval_sizes, self.val_x, self.val_y = share_eval(layout, val, group)
         self.eval_chunks = len(eval_sizes)
         head = spec.head
         if head is None and m.family == "local" and k < K - 1:
             shape, dtype = self.boundaries[k].leaves[0]
+            dtype = torch.float32 if spec.precision == "bf16" else dtype  # its master weights, as the stage's
             head = build_head(job.head or m.head, k, K, shape, input_shape, job.num_classes, job.seed, device, dtype)
         self.stage = spec.with_head(head.to(device) if head is not None else None).build(schedule, job.per_epoch)
         groups = [dist.new_group(layout.ranks_of_stage(s)) if D > 1 else None for s in range(K)]
@@ -192,7 +193,8 @@ class StageProcess:
         collective(f"gathering epoch {epoch}'s results", dist.gather_object, mine, everyone, dst=0)
         if everyone is not None:
             from .dist_outputs import merge_epoch
-            rec = merge_epoch(self.first_epoch + epoch, everyone, self.job.stages, time.perf_counter() - self.start)
+            rec = merge_epoch(self.first_epoch + epoch, everyone, self.job.stages, time.perf_counter() - self.start,
+                              self.job.token_unit)
             self.records.append(rec)
             self.writer.epoch(rec)
             if self.on_record is not None:

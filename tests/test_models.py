@@ -9,6 +9,7 @@ from torchdecoupled.models.resnet import ShortcutA
 
 SLOW_FORWARD = {"resnet1202", "wrn28_10", "wrn"}  # build only; "wrn" defaults to WRN-28-10
 SMALL = {"wrn": {"depth": 10, "width": 1}, "resnet": {"depth": 8}}
+TOKEN_MODELS = {"gpt", "gpt_mini", "gpt_small"}  # int64 tokens in, (B, T, vocab) out: tests/test_gpt.py
 
 
 def shape_for(name):
@@ -19,7 +20,7 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - SLOW_FORWARD | set(SMALL)))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - SLOW_FORWARD - TOKEN_MODELS | set(SMALL)))
 def test_output_shape_and_blocks(name):
     torch.manual_seed(0)
     in_shape = shape_for(name)
@@ -107,7 +108,7 @@ def test_mlp_hidden_sizes_and_any_shape():
 
 
 def test_errors_name_the_value_and_the_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet21' \(valid: cnn1d, cnn1d_bn, cnn2d, mlp, resnet, resnet110"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet21' \(valid: cnn1d, cnn1d_bn, cnn2d, gpt, gpt_mini, gpt_small, mlp, resnet, resnet110"):
         build_model("resnet21", 10, (3, 32, 32))
     with pytest.raises(ValueError, match="6n \\+ 2.*got 21"):
         build_model("resnet", 10, (3, 32, 32), depth=21)

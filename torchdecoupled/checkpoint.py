@@ -43,7 +43,9 @@ FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"  # a run directory's final weights (save_model)
 # what the saved computation depends on; the partition is compared as cut points (check_boundaries)
 MUST_MATCH = ("method", "stages", "replicas", "dataset", "model", "model_opts", "batch_size", "optimizer",
-              "lr", "momentum", "weight_decay", "lr_schedule", "milestones", "seed", "dtype")
+              "lr", "momentum", "weight_decay", "lr_schedule", "milestones", "seed", "dtype", "precision", "context",
+              "lr_warmup")
+MISSING = {"precision": "float32", "context": 64, "lr_warmup": 0.05}  # in checkpoints older than these options
 
 
 def in_dir(directory: str) -> str:
@@ -213,7 +215,7 @@ def check_config(state: dict, cfg, path: str):
     old = state.get("config") or {}
     if not old:  # written by hand (tests): nothing to compare
         return cfg
-    there = {n: old.get(n) for n in MUST_MATCH}
+    there = {n: old.get(n, MISSING.get(n)) for n in MUST_MATCH}
     here = {n: getattr(cfg, n) for n in MUST_MATCH}
     there["method"] = get_method(old["method"], **old.get("method_opts", {})).describe()
     here["method"] = get_method(cfg.method, **cfg.method_opts).describe()
@@ -241,12 +243,12 @@ def _check_epochs(state: dict, old: int, cfg, path: str) -> None:
     # epochs whose batches are not all forwarded at stage 0 by the tick (of a schedule from first_epoch on)
     need = state.get("first_epoch", 0) + (tick + 1) // per_epoch + 1
     why = None
-    if cfg.lr_schedule == "cosine":
+    if cfg.lr_schedule in ("cosine", "warmup_cosine"):
         why = "the cosine learning-rate schedule anneals over the epochs of the run"
     elif min(old, cfg.epochs) < need:
         why = f"by tick {tick} the pipeline had reached the last batch of a {min(old, cfg.epochs)}-epoch run"
     if why:
-        fix = f"{old}" if cfg.lr_schedule == "cosine" or old < need else f"{need} or more"
+        fix = f"{old}" if cfg.lr_schedule in ("cosine", "warmup_cosine") or old < need else f"{need} or more"
         raise ValueError(f"checkpoint {path!r} was written by a {old}-epoch run and this run has --epochs "
                          f"{cfg.epochs}, but {why}: resume with --epochs {fix}")
 
@@ -255,7 +257,7 @@ def _check_extension(old: int, cfg, path: str) -> None:
     if cfg.epochs < old:
         raise ValueError(f"checkpoint {path!r} holds a finished {old}-epoch run and this run has --epochs "
                          f"{cfg.epochs}: resume with --epochs {old} (nothing more to run) or more (to extend it)")
-    if cfg.lr_schedule == "cosine":
+    if cfg.lr_schedule in ("cosine", "warmup_cosine"):
         raise ValueError(f"checkpoint {path!r} holds a finished {old}-epoch run whose cosine learning-rate schedule "
                          f"annealed over those {old} epochs, so it cannot be extended to --epochs {cfg.epochs}: "
                          f"train afresh with --epochs {cfg.epochs} (with --lr-schedule step or none, a finished "
@@ -275,7 +277,7 @@ def _flag(name: str, config: dict) -> str:
         opts = "".join(f" --{'warmup' if k == 'warmup_epochs' else k} {v}"
                        for k, v in config.get("method_opts", {}).items())
         return f"--method {config['method']}{opts}"
-    value = config[name]
+    value = config.get(name, MISSING.get(name))
     if isinstance(value, dict):
         return f"{name}={value!r}"
     if isinstance(value, (tuple, list)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Callable
 
 import torch
 
@@ -18,9 +19,10 @@ from .build import build_pipeline
 from .config import RunConfig
 
 
-def train(cfg: RunConfig) -> dict | None:
+def train(cfg: RunConfig, on_ready: Callable[[RunConfig], None] | None = None) -> dict | None:
     """Run one training job on either engine; returns the summary (also written to cfg.out/summary.json).
-    Under torchrun, ranks other than 0 return None."""
+    Under torchrun, ranks other than 0 return None. ``on_ready(cfg)`` runs once everything is checked and
+    built, before anything is written (the CLI announces and saves the configuration there)."""
     cfg = cfg.resolved()
     outdir.check(cfg.out, cfg.resume, cfg.force)  # before anything is read or written
     if cfg.engine == "sim":
@@ -31,13 +33,17 @@ def train(cfg: RunConfig) -> dict | None:
         state = checkpoint.read(path, map_location="cpu")
         cfg = checkpoint.check_config(state, cfg, path)
     pipe, data, batches = build_pipeline(cfg)
-    if cfg.force:  # the earlier run's results go only once this one is set to start (outdir.py)
-        outdir.clear(cfg.out, cfg.resume)
     if state is not None:
         checkpoint.check_boundaries(state, pipe.boundaries, path, cfg.partition)
         del state
+    if on_ready is not None:
+        on_ready(cfg)
+    if cfg.force:  # the earlier run's results go only once this one is set to start (outdir.py)
+        outdir.clear(cfg.out, cfg.resume)
     dtype = getattr(torch, cfg.dtype)
     info = dict(cfg.__dict__)
+    if getattr(data, "source", None):  # text: the corpus read (name, bytes, SHA-256, licence)
+        info["data_source"] = dict(data.source)
     records = pipe.fit(batches, cfg.epochs, val_data=data.validation(dtype), progress=cfg.progress,
                        out=cfg.out, checkpoint=cfg.checkpoint, resume=path, info=info,
                        tensorboard=cfg.tensorboard)

@@ -12,8 +12,10 @@ from typing import Any, Callable
 from torch import nn
 
 from torchdecoupled.models.cnn import cnn1d, cnn2d
+from torchdecoupled.models.gpt import gpt, lm_loss
 from torchdecoupled.models.mlp import mlp
 from torchdecoupled.models.resnet import resnet
+from torchdecoupled.models.resnet1d import resnet1d
 from torchdecoupled.models.wrn import wrn
 
 # name -> (builder, fixed keyword arguments)
@@ -24,9 +26,14 @@ MODELS: dict[str, tuple[Callable[..., nn.Sequential], dict[str, Any]]] = {
     "cnn2d": (cnn2d, {}),
     "resnet": (resnet, {}),
     **{f"resnet{d}": (resnet, {"depth": d}) for d in (20, 32, 44, 56, 110, 1202)},
+    "resnet1d": (resnet1d, {}),
+    **{f"resnet1d_{d}": (resnet1d, {"depth": d}) for d in (20, 32, 44)},
     "wrn": (wrn, {}),
     "wrn16_4": (wrn, {"depth": 16, "width": 4}),
     "wrn28_10": (wrn, {"depth": 28, "width": 10}),
+    "gpt": (gpt, {}),
+    "gpt_mini": (gpt, {"layers": 6, "width": 128, "heads": 4}),
+    "gpt_small": (gpt, {"layers": 12, "width": 768, "heads": 12}),
 }
 
 
@@ -34,7 +41,8 @@ def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
     """Build model `name` for inputs of shape `in_shape` (no batch dimension) and `num_classes` outputs.
 
     Extra keyword arguments go to the builder (e.g. `hidden=(128,)` for "mlp", `depth`/`width`/`dropout`
-    for "wrn", `depth` for "resnet"); a named variant such as "resnet56" fixes its depth.
+    for "wrn", `depth` for "resnet", `depth`/`channels` for "resnet1d", `layers`/`width`/`heads`/`dropout` for "gpt", whose `num_classes` is
+    the vocabulary size and `in_shape` is (context,)); a named variant such as "resnet56" fixes its depth.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (valid: {', '.join(sorted(MODELS))})")
@@ -53,4 +61,4 @@ def build_model(name: str, num_classes: int, in_shape: tuple[int, ...], **kwargs
     return builder(int(num_classes), in_shape, **fixed, **kwargs)
 
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "build_model", "lm_loss"]

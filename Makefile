@@ -21,8 +21,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# BENCHMARKS.md: quick (< 5 min) by default; `make bench FULL=1` re-measures everything (about an hour)
 bench: install
-	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/report.py $(if $(FULL),--full,)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,8 +1,11 @@
 """Speed benchmark (issue 4): images/s of BP (1 and 2 threads), FDG / ADL / DTRP on the distributed engine
-(2 processes x 1 thread) and torch.distributed.pipelining GPipe / 1F1B on the same processes, side by side,
-medians of interleaved repeats, steady state only. The machinery is the package torchdecoupled/bench/ (also `torchdecoupled bench`).
+(2 processes x 1 thread) and every torch.distributed.pipelining schedule (GPipe, 1F1B, Interleaved1F1B,
+LoopedBFS, InterleavedZeroBubble, ZBVZeroBubble, DualPipeV) on the same processes, side by side, medians
+of interleaved repeats, steady state only; tokens/s for a language model (--model gpt_mini). The
+machinery is the package torchdecoupled/bench/ (also `torchdecoupled bench`).
 
     python benchmarks/speed.py --json                                  # ResNet-20, one JSON object
+    python benchmarks/speed.py --model gpt_mini --context 64 --json    # tokens/s
     python benchmarks/speed.py --model resnet20,resnet56 --steps 4 --doc docs/speed.md
 """
 import sys

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CONTENDERS = ("bp_1thread", "bp_2threads", "fdg", "adl", "dtrp", "pipelining_gpipe", "pipelining_1f1b")
 OURS = {"fdg": ("fdg", {}), "adl": ("adl", {"accumulate": 2}), "dtrp": ("dtrp", {})}
-PIPE = {"pipelining_gpipe": "gpipe", "pipelining_1f1b": "1f1b"}
+# torch.distributed.pipelining: contender -> (schedule class, stage placement; pipe.py draws them)
+PIPE = {
+    "pipelining_gpipe": ("ScheduleGPipe", "single"),
+    "pipelining_1f1b": ("Schedule1F1B", "single"),
+    "pipelining_interleaved1f1b": ("ScheduleInterleaved1F1B", "loop"),
+    "pipelining_loopedbfs": ("ScheduleLoopedBFS", "loop"),
+    "pipelining_interleavedzerobubble": ("ScheduleInterleavedZeroBubble", "loop"),
+    "pipelining_zbvzerobubble": ("ScheduleZBVZeroBubble", "v"),
+    "pipelining_dualpipev": ("ScheduleDualPipeV", "v"),
+}
+CONTENDERS = ("bp_1thread", "bp_2threads", *OURS, *PIPE)
 MALLOC = ("all", "shipped", "none")
 SEED, LR, MOMENTUM, WEIGHT_DECAY = 0, 0.1, 0.9, 5e-4
+
+
+def is_lm(model: str) -> bool:
+    """A language model of the zoo (the GPT family): token inputs, lm_loss, tokens/s."""
+    from ..models import MODELS
+    return model in MODELS and MODELS[model][0].__name__ == "gpt"
 
 
 @dataclass(frozen=True)
@@ -21,9 +36,10 @@ class Job:
     warmup: int = 2                     # steady steps skipped before the window
     steps: int = 6                      # steps in the window
     threads: int = 1                    # per process
-    boundaries: tuple[int, ...] = ()    # the model split (multi-process contenders)
+    boundaries: tuple[int, ...] = ()    # the model split (multi-process contenders; pipelining's looped and
+                                        # V schedules: 2 x stages pieces, so 2 x stages - 1 cuts)
     microbatches: int = 0               # pipelining
-    in_shape: tuple[int, ...] = (3, 32, 32)
+    in_shape: tuple[int, ...] = (3, 32, 32)  # a language model: (context,)
     model_opts: dict = field(default_factory=dict)
     timeout: float = 120.0              # seconds a stage waits on a peer
     malloc: str = "all"                 # all: every process keeps freed memory (engines/malloc.py); shipped:
@@ -37,6 +53,15 @@ class Job:
     @property
     def world(self) -> int:
         return 1 if self.contender.startswith("bp_") else self.stages
+
+    @property
+    def lm(self) -> bool:
+        return is_lm(self.model)
+
+    @property
+    def per_sample(self) -> int:
+        """Units a sample counts for in the rate: its tokens (a language model) or 1 (an image)."""
+        return self.in_shape[0] if self.lm else 1
 
     @property
     def fill(self) -> int:

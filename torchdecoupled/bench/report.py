@@ -1,5 +1,6 @@
 """The speed benchmark's results as text: the targets (``verdict``), the tables, the speed-up's
-decomposition, and docs/speed.md (``write_report``, which keeps hand-written notes)."""
+decomposition, and docs/speed.md (``write_report``, which keeps hand-written notes). Rates are images/s,
+or tokens/s for a language model (``result["unit"]``)."""
 from __future__ import annotations
 
 import statistics
@@ -11,7 +12,7 @@ def verdict(result: dict) -> dict:
 
     Two estimates of each ratio: of the medians, and the median over repeats of the ratio within a repeat
     (``paired``: the runs of one repeat are minutes apart, so a slow spell of the machine cancels out)."""
-    ips, best = result["images_per_s"], result.get("best", {})
+    ips, best = result["per_s"], result.get("best", {})
     out = {}
     pipes = [c for c in PIPE if c in ips]
     if "fdg" in ips and "bp_1thread" in ips:
@@ -28,26 +29,32 @@ def verdict(result: dict) -> dict:
     return out
 
 
+def unit_short(result: dict) -> str:
+    return "tok/s" if result.get("unit") == "tokens" else "img/s"
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     lines = []
-    contenders = list(results[0]["images_per_s"])
-    lines.append("| contender | " + " | ".join(f"{r['model']} img/s" for r in results) + " | processes x threads |")
+    contenders = list(dict.fromkeys(c for r in results for c in r["per_s"]))
+    lines.append("| contender | " + " | ".join(f"{r['model']} {unit_short(r)}" for r in results)
+                 + " | processes x threads |")
     lines.append("|---|" + "---:|" * len(results) + "---|")
     for c in contenders:
         cells = []
         for r in results:
-            b = r["best"][c]
-            extra = f" (m={b['microbatches']})" if b["microbatches"] else ""
-            cells.append(f"{b['images_per_s']:.1f}{extra}")
+            b = r["best"].get(c)
+            extra = f" (m={b['microbatches']})" if b and b["microbatches"] else ""
+            cells.append(f"{b['per_s']:.1f}{extra}" if b else "—")
         how = "1 x 1" if c == "bp_1thread" else "1 x 2" if c == "bp_2threads" else f"{meta['stages']} x 1"
         lines.append(f"| `{c}` | " + " | ".join(cells) + f" | {how} |")
     return "\n".join(lines)
 
 
 def detail_table(result: dict) -> str:
-    rows = ["| run | img/s (median) | every repeat | ms/batch | per process: main-thread CPU ms/batch, other threads' "
-            "CPU ms/batch, page faults/batch, [ours: blocked on messages ms/batch, idle], peak RSS MB |",
-            "|---|---:|---|---:|---|"]
+    rows = [f"| run | {unit_short(result)} (median) | every repeat | ms/batch | loss after the run | per process: "
+            "main-thread CPU ms/batch, other threads' CPU ms/batch, page faults/batch, [ours: blocked on messages "
+            "ms/batch, idle], peak RSS MB |",
+            "|---|---:|---|---:|---:|---|"]
     for name, v in result["variants"].items():
         per = []
         for i, r in enumerate(v["ranks"]):
@@ -57,8 +64,9 @@ def detail_table(result: dict) -> str:
             s += f", {r['rss_mb']:.0f}"
             per.append(s)
         step = statistics.fmean(r["step_ms"] for r in v["ranks"])
-        rows.append(f"| `{name}` | {v['images_per_s']:.1f} | {', '.join(f'{x:.0f}' for x in v['all'])} | "
-                    f"{step:.0f} | {'; '.join(per)} |")
+        loss = f"{v['loss']:.4f}" if v.get("loss") is not None else "—"
+        rows.append(f"| `{name}` | {v['per_s']:.1f} | {', '.join(f'{x:.0f}' for x in v['all'])} | "
+                    f"{step:.0f} | {loss} | {'; '.join(per)} |")
     return "\n".join(rows)
 
 def decompose(result: dict, contender: str) -> dict | None:
@@ -94,11 +102,20 @@ HOW = """## How it is measured
   (`partition.layer_costs`, one thread; each layer's cost the smaller of two medians of two
   training-like passes) and every run uses that cut, so repeats differ only by timing noise. DTRP's
   time balance counts its recompute (F + F + B on stage 0).
-- **torch.distributed.pipelining**: `PipelineStage(input_args=...)` with the right `requires_grad`,
-  `ScheduleGPipe` / `Schedule1F1B` with cross-entropy as `loss_fn`, the same cut as FDG. The
-  micro-batch count: each count of the list runs once first (a pilot run with half the steps) and the
-  fastest per schedule is the one repeated (`--select all`: every count in every repeat, the best median
-  wins).
+- **torch.distributed.pipelining**: every schedule of torch 2.13 (`bench/pipe.py`):
+  `PipelineStage(input_args=...)` with the right `requires_grad`, the benchmark's loss (cross-entropy,
+  `lm_loss`) as `loss_fn`. GPipe and 1F1B run one stage per process, on the same cut as FDG; Interleaved
+  1F1B, Looped BFS and Interleaved Zero Bubble run the model cut into 2K pieces (by the same measured
+  per-layer costs), process r holding pieces r and r + K; ZB-V and DualPipeV the same 2K pieces in a V,
+  process r holding r and 2K - 1 - r (torch's own placement, checked against the schedule's). Each
+  schedule's micro-batch count: each count of the list that it accepts (1F1B and DualPipeV: at least one
+  per stage; equal micro-batches) runs once first (a pilot run with half the steps) and the fastest is
+  the one repeated (`--select all`: every count in every repeat, the best median wins). Every schedule
+  is synchronous: with the same data its loss after N steps equals BP's (checked on a model without
+  BatchNorm, whose statistics micro-batches change).
+- **Language model** (`--model gpt_mini`, `--context`): uniformly random byte tokens, `lm_loss`; our
+  engine runs the zoo's "text" path (`dataset="text"`, its loader swapped for the random tokens, SGD as
+  everywhere). The rate is tokens/s: batch x context per step.
 - **Steady state**: every process records its clocks when each tick (our engine: the start of
   `schedule.actions(t, k)`) or step (the others) begins. A run's rate is batch x steps / (wall time of
   those steps, the mean over its processes: in steady state they share one period, over a few steps
@@ -118,17 +135,35 @@ HOW = """## How it is measured
   fraction, and its peak RSS (VmHWM, the torch library included).
 """
 
+def batch_words(results: list[dict]) -> str:
+    sizes = {r.get("batch") for r in results}
+    if len(sizes) == 1:
+        return str(sizes.pop())
+    return ", ".join(f"{r['batch']} ({r['model']})" for r in results)
+
+
+def data_words(results: list[dict]) -> str:
+    lm = [r for r in results if r.get("unit") == "tokens"]
+    words = []
+    if len(lm) < len(results):
+        words.append("CIFAR-shaped synthetic data (3 x 32 x 32, 10 classes; images/s)")
+    if lm:
+        words.append(f"uniformly random byte tokens (vocabulary 256, context {lm[0]['in_shape'][0]}, lm_loss; "
+                     f"tokens/s = batch x context / step time)")
+    return ", ".join(words)
+
+
 def report(results: list[dict], meta: dict) -> str:
     """docs/speed.md: the table, the targets and their diagnosis, how it was measured, every run."""
     m = meta["machine"]
-    out = ["# Speed: images/s, K = 2 on this machine\n",
+    out = ["# Speed: images/s (tokens/s for a language model), K = 2 on this machine\n",
            f"    {meta['command']}\n",
            f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, commit "
            f"{m['commit']} (plus the working tree of this change); load average {meta['loadavg_before'][0]:.2f} "
            f"before, {meta['loadavg_after'][0]:.2f} after (other jobs share this machine); {meta['elapsed_s']:.0f} s "
            f"in all (" + ", ".join(f"{r['model']} {r.get('elapsed_s', 0):.0f} s" for r in results) + ").\n",
-           f"Batch {meta['batch']}, K = {meta['stages']}, CIFAR-shaped synthetic data (3 x 32 x 32, 10 classes); "
-           f"images/s are medians of {meta['repeats']} interleaved runs, each timed over {meta['steps']} steady "
+           f"Batch {batch_words(results)}, K = {meta['stages']}, " + data_words(results) + "; "
+           f"rates are medians of {meta['repeats']} interleaved runs, each timed over {meta['steps']} steady "
            f"steps after {meta['warmup']} warm-up steps (and the pipeline fill); malloc: {meta['malloc']}. "
            f"Pipelining: the best of {meta['microbatches']} micro-batches (m), "
            + ("chosen by one pilot run of each count before the repeats" if meta.get("select") == "pilot"
@@ -143,10 +178,13 @@ def report(results: list[dict], meta: dict) -> str:
                    f"schedule (paired {t.get('fdg_over_best_pipelining_paired', nan):.2f}x; target 1.15x). Cut after block "
                    f"{r['cuts']['stash']['boundaries']} (DTRP {r['cuts']['recompute']['boundaries']}) of "
                    f"{r['cuts'].get('layers', '?')}; the per-layer costs predicted stages of "
-                   f"{r['cuts']['stash'].get('stage_ms', '?')} ms (DTRP {r['cuts']['recompute'].get('stage_ms', '?')}).")
+                   f"{r['cuts']['stash'].get('stage_ms', '?')} ms (DTRP {r['cuts']['recompute'].get('stage_ms', '?')})"
+                   + (f"; the 2K pieces of the two-stage-per-rank schedules: cut after "
+                      f"{r['cuts']['pieces']['boundaries']} ({r['cuts']['pieces'].get('stage_ms', '?')} ms)"
+                      if "pieces" in r["cuts"] else "") + ".")
     for r in results:
         if r.get("pilot"):
-            out.append(f"- {r['model']} pilot runs (img/s, one each): "
+            out.append(f"- {r['model']} pilot runs ({unit_short(r)}, one each): "
                        + ", ".join(f"`{k}` {v:.1f}" for k, v in r["pilot"].items()) + ".")
     out += ["", '("Paired": the median over repeats of the ratio within one repeat.)\n',
             "Where the speed-up over BP with 1 thread goes (`bench.decompose`; medians; product = speed-up): "

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                        # one NVIDIA GPU, a minute or two
     python benchmarks/gpu_check.py --device cpu --quick   # the smoke test (tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --costs gpu.json      # also the planner's cost file (torchdecoupled plan --costs)
 
 Prints exactly one JSON line on stdout (progress goes to stderr); "ok" is true iff every check passed.
 
@@ -329,7 +330,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke test")
     ap.add_argument("--quick", action="store_true", help="shrink every size (seconds on a CPU; no timing value)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--costs", metavar="FILE", help="also write the planner's per-layer cost file of --costs-model "
+                                                    "on the device (torchdecoupled plan --costs FILE)")
+    ap.add_argument("--costs-model", default="resnet20", help="zoo model for --costs, CIFAR-shaped (default resnet20)")
     return ap.parse_args(argv)
+
+
+def write_costs(args, device: torch.device, size: dict) -> str:
+    """--costs FILE: torchdecoupled.plan.costs.measure of the model on the device (synchronised per layer)."""
+    from torchdecoupled.plan import costs, zoo_inputs
+    model, x, y = zoo_inputs(args.costs_model, "cifar10", size["batch"], args.seed)
+    log(f"costs: {args.costs_model}, batch {size['batch']}, per layer on {device} -> {args.costs}")
+    c = costs.measure(model.to(device), x.to(device), y.to(device), repeats=size["repeats"], threads=None,
+                      model_name=args.costs_model)
+    return costs.save(c, args.costs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         size = QUICK if args.quick else FULL
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON line only
             report["checks"] = {name: run_check(name, device, size, args.seed) for name in CHECKS}
+            if args.costs:
+                report["costs_file"] = write_costs(args, device, size)
         failed = [name for name, c in report["checks"].items() if not c["passed"]]
         report["ok"] = not failed
         report["reason"] = f"failed: {', '.join(failed)}" if failed else None

@@ -142,8 +142,8 @@ def test_help_shows_defaults_and_the_dataset_defaults(capsys):
     for name, (model, epochs, bs, lr) in DATASET_DEFAULTS.items():
         assert re.search(rf"^  {name} +{model} +{epochs} +{bs} +{lr:g}$", out, re.M), name
     text = " ".join(out.split())
-    for shown in ("number of stages K (default 3)", "(default fdg)", "(default sgd)", "(default 0.9;",
-                  "(default 0.0005)", "(default cosine)", "(default float32)", "(default cpu;", "(default 60)",
+    for shown in ("number of stages K (default 3)", "(default fdg)", "(default: the", "(default 0.9;",
+                  "(default 0.0005)", "cosine; text: warmup_cosine)", "(default float32)", "(default cpu;", "(default 60)",
                   "(default 1: the same command gives the same numbers)", "ADL (default 2), BP (default 1)"):
         assert shown in text, shown
     assert "cnn1d for mnist1d" not in text and "torch's" not in text  # both were wrong

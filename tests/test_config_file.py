@@ -41,7 +41,7 @@ def test_saved_config_repeats_the_run(tmp_path, capsys):
     assert f"config (saved as {a / 'config.toml'}): method=\"adl\", accumulate=3, warmup_epochs=0.5" in err
     cfg = saved(a)
     assert cfg == RunConfig(method="adl", method_opts={"accumulate": 3, "warmup_epochs": 0.5}, stages=2,
-                            dataset="digits", model="mlp", epochs=2, batch_size=64, lr=0.05, lr_schedule="step",
+                            dataset="digits", model="mlp", epochs=2, batch_size=64, lr=0.05, optimizer="sgd", lr_schedule="step",
                             milestones=(1,), seed=4, partition="params", out=str(a), progress=False)
     assert main(["train", "--config", str(a / "config.toml"), "--out", str(b)]) == 0
     assert summary(b)["params_sha256"] == summary(a)["params_sha256"]
@@ -98,8 +98,8 @@ def test_bad_key_or_type_is_one_line_naming_the_file(tmp_path, capsys, text, msg
     ("beta = 1.5", "beta/gamma must be in (0, 1], got 1.5"),
     ('order = "xy"', "unknown order 'xy' (valid: bf, fb)"),
     ('device = "gpu0"', "bad --device 'gpu0' (valid: cpu, cuda, cuda:N)"),
-    ("threads = 0", "--threads must be >= 1, got 0"),
-    ('optimizer = "rmsprop"', "unknown --optimizer 'rmsprop' (valid: sgd, adam, adamw;"),
+    ("threads = 0", "--threads must be in [1, 1024] (torch threads per process), got 0"),
+    ('optimizer = "rmsprop"', "unknown --optimizer 'rmsprop' (valid: sgd, adam, adamw, nag-async;"),
     ('model = "resnet7"', "unknown --model 'resnet7' (valid: cnn1d, cnn1d_bn,"),
     ("tensorboard = true", "--tensorboard needs --out DIR"),
 ])

@@ -36,7 +36,8 @@ class RecordingTransport(LocalTransport):
         self.sent = collections.defaultdict(list)  # (src, dst) -> [(key, shape, dtype)]
 
     def send(self, key, tensor):
-        self.sent[key[1], key[2]].append((key, tuple(tensor.shape), tensor.dtype))
+        first = tensor[0] if isinstance(tensor, tuple) else tensor  # PETRA's gradient: (activation, gradient)
+        self.sent[key[1], key[2]].append((key, tuple(first.shape), first.dtype))
         super().send(key, tensor)
 
 
@@ -49,7 +50,8 @@ def test_plan_is_what_the_simulator_sends(name, K):
     workers = [Worker(s, run.schedule, run.batches, transport) for s in stages]
     for t in range(run.schedule.num_ticks):
         run_tick(run.schedule, t, lambda a: workers[a.stage].ready(a), lambda a: workers[a.stage].run(a))
-    plan = MessagePlan(run.schedule, {}, boundaries(run.modules, run.batches.x), sizes(run), [4, 4, 2], 0)
+    plan = MessagePlan(run.schedule, {}, boundaries(run.modules, run.batches.x), sizes(run), [4, 4, 2], 0,
+                       carries_input=stages[0].carries_input)
     for src in range(K):
         for dst in (src - 1, src + 1):
             if 0 <= dst < K:

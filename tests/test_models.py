@@ -13,7 +13,8 @@ TOKEN_MODELS = {"gpt", "gpt_mini", "gpt_small"}  # int64 tokens in, (B, T, vocab
 
 
 def shape_for(name):
-    return {"cnn1d": (1, 40), "cnn1d_bn": (1, 40), "cnn2d": (1, 8, 8)}.get(name, (3, 32, 32))
+    signal = name.startswith(("resnet1d", "revnet1d"))  # 1D models take MNIST-1D's (1, 40)
+    return {"cnn1d": (1, 40), "cnn1d_bn": (1, 40), "cnn2d": (1, 8, 8)}.get(name, (1, 40) if signal else (3, 32, 32))
 
 
 def n_params(model):

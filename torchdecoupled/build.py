@@ -16,6 +16,8 @@ from .data.batches import Batches
 from .data.loader import training_data
 from .methods import Method, get_method
 from .models import build_model, lm_loss
+from .optim import StageInfo, nag_async, pipemare
+from .optim.pipemare import parse_correction
 from .schedule import Schedule
 from .stage import Stage
 from .stagespec import StageSpec
@@ -31,16 +33,28 @@ class Run:
     modules: list[nn.Sequential]
 
 
-def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, params, stage: StageInfo | None = None) -> torch.optim.Optimizer:
+    """The run's optimizer for one stage (``stage``: what StageSpec tells a stage-aware factory), with
+    PipeMare's learning-rate correction where ``--lr-correction pipemare T`` asks (T epochs -> updates)."""
     params = list(params)
     name = cfg.optimizer.lower()
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if name in ("adam", "adamw"):
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown --optimizer {cfg.optimizer!r} (valid: sgd, adam, adamw; the Python API "
-                     f"takes any torch.optim optimizer)")
+        opt = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif name == "nag-async":
+        opt = nag_async(params, lr=cfg.lr, stage=stage, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    else:
+        raise ValueError(f"unknown --optimizer {cfg.optimizer!r} (valid: sgd, adam, adamw, nag-async; the Python API "
+                         f"takes any torch.optim optimizer)")
+    epochs = parse_correction(cfg.lr_correction)
+    if epochs is not None:
+        if stage is None:
+            raise TypeError("--lr-correction pipemare needs the stage's delay: call make_optimizer(cfg, params, "
+                            "stage=StageInfo(...)) (StageSpec does)")
+        pipemare(opt, epochs * stage.updates_per_epoch, stage=stage)
+    return opt
 
 
 def make_scheduler(cfg: RunConfig, optimizer, updates: int = 1):

@@ -44,8 +44,8 @@ MODEL_FILE = "model.pt"  # a run directory's final weights (save_model)
 # what the saved computation depends on; the partition is compared as cut points (check_boundaries)
 MUST_MATCH = ("method", "stages", "replicas", "dataset", "model", "model_opts", "batch_size", "optimizer",
               "lr", "momentum", "weight_decay", "lr_schedule", "milestones", "seed", "dtype", "precision", "context",
-              "lr_warmup")
-MISSING = {"precision": "float32", "context": 64, "lr_warmup": 0.05}  # in checkpoints older than these options
+              "lr_warmup", "lr_correction")
+MISSING = {"precision": "float32", "context": 64, "lr_warmup": 0.05, "lr_correction": "none"}  # in checkpoints older than these options
 
 
 def in_dir(directory: str) -> str:

@@ -88,7 +88,13 @@ def cmd_compare(a) -> int:
     return 0
 
 
+SCHEDULE_MAX = {"stages": 64, "batches": 1024}  # a grid to read; larger ones take minutes to check and draw
+
+
 def cmd_schedule(a) -> int:
+    for name, most in SCHEDULE_MAX.items():
+        if not 1 <= getattr(a, name) <= most:
+            raise ValueError(f"--{name} must be in [1, {most}] for a drawing, got {getattr(a, name)}")
     m = get_method(a.method, **_method_opts(a))
     s = Schedule(m.family, a.stages, a.batches, m.order, m.accumulate)
     validate(s)
@@ -111,6 +117,11 @@ def cmd_plot(a) -> int:
 def cmd_bench(a) -> int:
     from .bench import run_cli
     return run_cli(a)
+
+
+def cmd_plan(a) -> int:
+    from .plan.cli import run
+    return run(a)
 
 
 def cmd_methods(a) -> int:
@@ -198,6 +209,10 @@ def parser() -> argparse.ArgumentParser:
     from .bench import add_arguments
     add_arguments(b)
     b.set_defaults(fn=cmd_bench)
+    from .plan.cli import HELP, add_arguments as plan_arguments
+    pn = sub.add_parser("plan", help=HELP, description=HELP)
+    plan_arguments(pn)
+    pn.set_defaults(fn=cmd_plan)
     return p
 
 

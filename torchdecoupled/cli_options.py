@@ -29,6 +29,13 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, like 150,225; got {text!r}") from None
 
 
+class _Words(argparse.Action):
+    """An option of several words (``--lr-correction pipemare 7``), kept as one string."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, " ".join(values))
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -90,9 +97,12 @@ def _add_run_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("--model", help=f"{', '.join(sorted(MODELS))} (default: the dataset's, below)")
     p.add_argument("--epochs", type=int, help="epochs (default: the dataset's, below)")
     p.add_argument("--batch-size", type=int, help="mini-batch size (default: the dataset's, below)")
-    p.add_argument("--optimizer", help="sgd, adam or adamw (default: the dataset's recipe: sgd; text: adamw)")
+    p.add_argument("--optimizer", help="sgd, adam, adamw or nag-async (NAdam, beta1 0.99, decoupled weight decay: "
+                                       "Ajanthan et al. 2025; stages that recompute get a per-stage momentum) "
+                                       "(default: the dataset's recipe: sgd; text: adamw)")
     p.add_argument("--lr", type=float, help="learning rate (default: the dataset's, below)")
-    p.add_argument("--momentum", type=float, help=f"SGD's momentum (default {_D.momentum}; adam, adamw: unused)")
+    p.add_argument("--momentum", type=float, help=f"SGD's momentum; nag-async: the base m of a recomputing stage's "
+                                                  f"momentum (default {_D.momentum}; adam, adamw: unused)")
     p.add_argument("--weight-decay", type=float, help=f"every optimizer's weight decay (default {_D.weight_decay:g})")
     p.add_argument("--lr-schedule", help="cosine (annealed to 0 over --epochs), step (x0.1 at each of "
                                          "--milestones), warmup_cosine (per update: linear warm-up over --lr-warmup "
@@ -101,6 +111,10 @@ def _add_run_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("--lr-warmup", type=float, metavar="F", help=f"warmup_cosine: the fraction of the updates that "
                                                                 f"warm up (default {_D.lr_warmup:g})")
     p.add_argument("--milestones", type=_ints, help="epochs for --lr-schedule step, e.g. 150,225,275 (default: none)")
+    p.add_argument("--lr-correction", nargs="+", action=_Words, metavar="WORD",
+                   help="none, or pipemare T: stage k runs at lr / tau_k^(1 - min(t / T, 1)), tau_k its delay in "
+                        "updates, t its update count, T given in epochs (PipeMare, Yang et al. 2021); multiplies "
+                        f"--lr-schedule (default {_D.lr_correction})")
     p.add_argument("--partition", help="params, time, uniform, flops, or cut points like 3,6 (default: the "
                                        "method's: params; dtrp: flops, its batch compensation)")
     p.add_argument("--seed", type=int, help=f"seed of the initial weights, batch order and augmentation "

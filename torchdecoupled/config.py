@@ -10,6 +10,8 @@ import torch
 
 from .methods import get_method
 from .models import MODELS
+from .models.revnet import DATASET_REVNETS
+from .optim.pipemare import parse_correction
 from .precision import PRECISIONS
 
 # Sensible defaults per dataset: (model, epochs, batch size, lr)
@@ -29,11 +31,13 @@ RECIPES = {"text": ("adamw", "warmup_cosine")}
 DEFAULT_RECIPE = ("sgd", "cosine")
 LR_SCHEDULES = ("none", "cosine", "step", "warmup_cosine")
 DTYPES = ("float32", "float64")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "nag-async")
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 MAX_TIMEOUT = 2_000_000.0  # seconds (23 days): torch.distributed holds a timeout in int32 milliseconds
+MAX_SEED = 2**48 - 1  # derived seeds (a head's seed * 1000 + k) must stay within torch's int64 seeds
+MAX_THREADS = 1024    # far more threads than cores; 100000 makes OpenBLAS fail to start its threads and crash
 
 
 @dataclass
@@ -55,6 +59,7 @@ class RunConfig:
     lr_schedule: str | None = None     # None: the dataset's recipe (cosine; text: warmup_cosine, per update)
     lr_warmup: float = 0.05            # warmup_cosine: the fraction of the updates that warm up linearly
     milestones: tuple[int, ...] = ()   # epochs for lr_schedule="step" (x0.1 each)
+    lr_correction: str = "none"        # "none", or "pipemare T": lr / tau^(1 - min(t / T, 1)), T in epochs
     partition: str | None = None       # params | time | uniform | flops, or boundaries "2,5"; None: the
                                        # method's default (params; dtrp: flops, its batch compensation)
     seed: int = 0
@@ -82,7 +87,7 @@ class RunConfig:
             raise ValueError(f"unknown dataset {self.dataset!r} (valid: {', '.join(sorted(DATASET_DEFAULTS))})")
         model, epochs, bs, lr = DATASET_DEFAULTS[self.dataset]
         c = RunConfig(**{**asdict(self)})
-        c.model = c.model or model
+        c.model = c.model or (DATASET_REVNETS.get(self.dataset) if c.method == "petra" else None) or model
         c.epochs = epochs if c.epochs is None else c.epochs
         c.batch_size = bs if c.batch_size is None else c.batch_size
         c.lr = lr if c.lr is None else c.lr
@@ -108,12 +113,17 @@ class RunConfig:
             raise ValueError(f"--momentum must be in [0, 1), got {c.momentum}")
         if not 0 <= c.weight_decay < math.inf:
             raise ValueError(f"--weight-decay must be a finite number >= 0, got {c.weight_decay}")
+        parse_correction(c.lr_correction)  # raises on a bad form or T
+        c.lr_correction = " ".join(str(c.lr_correction).split())
         if c.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown --lr-schedule {c.lr_schedule!r} (valid: {', '.join(LR_SCHEDULES)})")
         if c.dtype not in DTYPES:
             raise ValueError(f"unknown --dtype {c.dtype!r} (valid: {', '.join(DTYPES)})")
         if c.precision not in PRECISIONS:
             raise ValueError(f"unknown --precision {c.precision!r} (valid: {', '.join(PRECISIONS)})")
+        if c.precision != "float32" and method.activations == "reverse":
+            raise ValueError(f"--method {c.method} rebuilds stage inputs by subtraction, which --precision {c.precision} "
+                             f"rounds more at every stage: use --precision float32")
         if c.precision == "bf16" and c.dtype != "float32":
             raise ValueError(f"--precision bf16 keeps float32 master weights: it needs --dtype float32 (got "
                              f"--dtype {c.dtype})")
@@ -122,8 +132,13 @@ class RunConfig:
         if not 0 <= c.lr_warmup < 1:
             raise ValueError(f"--lr-warmup must be a fraction of the updates in [0, 1), got {c.lr_warmup}")
         check_device(c.device)
-        if c.threads is not None and c.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {c.threads}")
+        if c.threads is not None and not 1 <= c.threads <= MAX_THREADS:
+            raise ValueError(f"--threads must be in [1, {MAX_THREADS}] (torch threads per process), got {c.threads}")
+        if not 0 <= c.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an integer in [0, 2**48 - 1], got {c.seed}")
+        if any(m < 1 for m in c.milestones):
+            raise ValueError(f"--milestones are epochs >= 1 (the learning rate drops after that many epochs), "
+                             f"got {','.join(map(str, c.milestones))}")
         if c.engine not in ("sim", "dist"):
             raise ValueError(f"unknown --engine {c.engine!r} (valid: sim, dist)")
         if c.replicas < 1:

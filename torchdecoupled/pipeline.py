@@ -31,11 +31,12 @@ from .config import MAX_TIMEOUT
 from .data.loader import training_data
 from .engines.sim import evaluate, run_sim
 from .evaluation import eval_chunks
-from .heads import FACTORY_FIX, HeadFactory, build_head, check_factory, stage_head
+from .heads import FACTORY_FIX, HeadFactory, build_head, check_factory, needs_modules, stage_head
 from .methods import METHODS, get_method
 from .logs import require_tensorboard
 from .metrics import MetricsWriter, epoch_record, lm_keys, machine, params_sha256, progress_bar, write_summary
 from .precision import check_precision
+from .reversible import warn_if_none_reversible
 from .partition import cut_points, split
 from .schedule import Schedule, eval_ticks
 from .stage import Stage
@@ -86,6 +87,7 @@ class Pipeline:
         self.modules = split(model, stages, boundaries=boundaries, balance=balance, sample=sample,
                              recompute=self.method.activations == "recompute")
         _check_shared(self.modules)
+        warn_if_none_reversible(self.method, self.modules)  # PETRA on a model without reversible stages
         if engine == "dist" and boundaries is None and balance == "time" and stages > 1:
             from .engines.dist import agree_on_cuts
             cuts = agree_on_cuts(cut_points(self.modules), backend, device or "cpu", init_method, timeout)
@@ -247,6 +249,8 @@ class Pipeline:
         from .engines import dist as engine
 
         m = self.method
+        if needs_modules(self.head):  # heads built from other stages' layers (auglocal): here, where all stages are
+            self._ready(batches.get(0)[0])
         job, specs = self.dist_parts(batches.per_epoch, epochs, progress, out, checkpoint, resume, info)
         job.tensorboard, job.token_unit = tensorboard, self.token_unit
         result = engine.run(job, specs, resuming.later_epochs(batches, begin.first_epoch), val, on_epoch)

@@ -11,6 +11,10 @@ delayed backward differentiates"):
 - ``recompute``: keep only the stage input; at B run the forward again with the current weights on
   copies of the BatchNorm buffers (running statistics move once per batch, at F) and with the same
   dropout masks (every forward of batch b draws from a generator seeded by (seed, stage, b)).
+- ``reverse`` (PETRA): as ``recompute``, but a reversible stage (``reversible.is_reversible``) keeps
+  no input: at B it rebuilds it from the output that the stage above sends back with the gradient, with
+  the current weights and on copies of the BatchNorm buffers. Every gradient message is then the pair
+  (activation, gradient); a non-reversible stage sends its stored input, the last stage the input it got.
 
 Gradients are taken with ``torch.autograd.grad`` and summed into ``p.grad`` (ADL accumulates M of them);
 ``update()`` steps the optimizer and clears them, and the LR scheduler once per epoch or once per update.
@@ -39,6 +43,7 @@ from .evaluation import accuracy_counts
 from .finite import require_finite
 from .methods import Method
 from .precision import autocast, check_precision, eval_forward, to_boundary
+from .reversible import is_reversible, rebuild_input
 from .schedule import Schedule
 
 SCHEDULER_INTERVALS = ("epoch", "step")
@@ -52,9 +57,10 @@ def saved_bytes(skip):
     saved: dict[int, int] = {}
 
     def pack(t):
-        ptr = t.untyped_storage().data_ptr()
+        s = t.untyped_storage()  # one storage object per saved tensor: this hook runs for every one
+        ptr = s.data_ptr()
         if ptr not in skip:
-            saved[ptr] = t.untyped_storage().nbytes()
+            saved[ptr] = s.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -103,7 +109,14 @@ class Stage:
         self.is_local = schedule.family == "local" and not self.is_last
         self.sends_grad = index > 0 and schedule.family != "local"
         self.delayed = schedule.delay(index) > 0
-        self.recompute = method.activations == "recompute" and self.delayed
+        self.recompute = method.activations in ("recompute", "reverse") and self.delayed
+        # PETRA ("reverse"): a gradient message is (the activation rebuilt above, its gradient); a delayed
+        # reversible stage stores no input and rebuilds it from that activation (reversible.py)
+        self.carries_input = method.activations == "reverse" and schedule.family != "local"
+        self.reversible = self.carries_input and self.recompute and is_reversible(module)
+        if self.carries_input and precision != "float32":
+            raise ValueError(f"method {method.name!r} rebuilds stage inputs by subtraction, which {precision} rounds "
+                             f"more at every stage: use precision 'float32'")
         self.shrink = method.beta if (not self.is_last and schedule.family != "local") else 1.0
         if self.is_local and head is None:
             raise ValueError(f"stage {index} of a local-learning method needs an auxiliary head")
@@ -181,7 +194,8 @@ class Stage:
             with torch.no_grad(), self._rng(b):
                 out = self._call(x, weights)
             self._check_forward(b, out)
-            self.inflight[b] = InFlight(self.num_updates, x, None, None, nbytes(x))
+            kept = None if self.reversible else x  # a reversible stage rebuilds x at B (PETRA eq. 5)
+            self.inflight[b] = InFlight(self.num_updates, kept, None, None, nbytes(kept))
             self._track_bytes()
             return out
         if self.sends_grad:
@@ -221,8 +235,9 @@ class Stage:
 
     def backward(self, b: int, grad=None):
         """Backward batch b with the gradient received from above (None where the stage has its own loss;
-        else the output's structure, a tensor at each floating leaf, None elsewhere); sum the parameter
-        gradients into p.grad; return the gradient to send down in the input's structure, or None."""
+        else the output's structure, a tensor at each floating leaf, None elsewhere; under PETRA the pair
+        (output, gradient)); sum the parameter gradients into p.grad; return the gradient to send down in the
+        input's structure (under PETRA the pair (input, gradient)), or None."""
         if b not in self.inflight:
             raise RuntimeError(f"stage {self.index}: backward of batch {b} without its forward")
         rec = self.inflight.pop(b)
@@ -231,6 +246,10 @@ class Stage:
         if self.scheduler_interval == "epoch" and (b + 1) % self.batches_per_epoch == 0:
             self._sched_steps += 1
         x, root, weights = rec.x, rec.root, rec.params
+        if self.carries_input and grad is not None:  # PETRA: (x~ of the output, its gradient)
+            above, grad = grad
+            if self.reversible:
+                x = self._rebuild(b, above)
         if self.recompute:  # re-run the forward with the current weights, BN buffers untouched
             x = require_grad(x) if self.sends_grad else detach_tree(x)
             buffers = {n: t.clone() for n, t in self.module.named_buffers()}
@@ -258,7 +277,15 @@ class Stage:
         sent = grads[len(params):]
         self._check(sent, "backward", b, self.schedule.backward_tick(self.index, b),
                     ["the gradient it sends down"] * len(sent))
-        return grad_tree(x, sent)
+        sent = grad_tree(x, sent)
+        return (detach_tree(x), sent) if self.carries_input else sent
+
+    def _rebuild(self, b: int, y):
+        """PETRA eq. 5: the input of batch b rebuilt from the output y with the current weights, BatchNorm
+        on copies of the buffers (batch statistics), the dropout masks of batch b."""
+        buffers = {n: t.clone() for n, t in self.module.named_buffers()}
+        with torch.no_grad(), self._rng(b):
+            return rebuild_input(self.module, to_device(y, self.device), buffers)
 
     def update(self) -> None:
         """Apply the summed gradients (with ADL's warm-up factor), clear them, step the LR schedule."""
@@ -315,7 +342,8 @@ class Stage:
         return eval_forward(self.module, to_device(x, self.device), self.precision, self.device, self.is_last)
 
     def collect(self, epoch: int) -> dict:
-        """Pop the telemetry of batches of the given epoch (and earlier): staleness, peak stored bytes, lr,
+        """Pop the telemetry of batches of the given epoch (and earlier): staleness (``tau_max``: the most
+        updates any of these batches crossed between its F and its gradient, PACI's Delta), peak stored bytes, lr,
         and at a stage with a loss ``loss_sum`` (weighted by samples) and ``samples``, plus ``correct`` and
         ``targets`` (their count) where accuracy applies."""
         t, n = self.telemetry, self.batches_per_epoch

@@ -8,7 +8,8 @@ Shapes are agreed before any tensor travels: leaf i of stage k's output has shap
 where n is the replica's slice of batch b (``size(b)``, which the data reader announces ahead of use,
 ``dist_feed``) or the evaluation chunk's size; the per-sample shapes come from a one-sample forward at
 start-up (``dist_setup``). So a receiver can post its receives early, into buffers of the right size,
-with no header message. A run resumed from a checkpoint taken after tick t plans from tick
+with no header message. Under PETRA (``carries_input``) a gradient message is the pair (activation,
+gradient): every leaf of the activation, then the floating leaves of its gradient. A run resumed from a checkpoint taken after tick t plans from tick
 ``start = t + 1``: what was sent up to tick t and not yet used travels in the checkpoint.
 """
 from __future__ import annotations
@@ -56,8 +57,10 @@ class Boundary:
 
 class MessagePlan:
     def __init__(self, schedule: Schedule, evals: dict[int, int], boundaries: list[Boundary],
-                 size: Callable[[int], int], eval_sizes: list[int], replica: int, start: int = 0):
+                 size: Callable[[int], int], eval_sizes: list[int], replica: int, start: int = 0,
+                 carries_input: bool = False):
         self.schedule, self.evals, self.boundaries, self.start = schedule, evals, boundaries, start
+        self.carries_input = carries_input  # PETRA: a "grad" message is (activation, gradient), Stage.carries_input
         self.size, self.chunks, self.replica = size, list(eval_sizes), replica
 
     def between(self, src: int, dst: int) -> Iterator[Key]:
@@ -84,13 +87,25 @@ class MessagePlan:
         bd = self.boundaries[src if kind == "act" else dst]
         return bd, (bd.grads if kind == "grad" else list(range(len(bd.leaves)))), self.size(b)
 
+    def _pair(self, key: Key) -> bool:
+        return self.carries_input and key[0] == "grad"
+
     def shapes(self, key: Key) -> list[tuple[tuple[int, ...], torch.dtype]]:
         """(shape, dtype) of every tensor of the message, in the order they travel."""
         bd, idx, n = self._boundary(key)
+        if self._pair(key):
+            idx = list(range(len(bd.leaves))) + idx
         return [((n, *bd.leaves[i][0]), bd.leaves[i][1]) for i in idx]
 
     def flatten(self, key: Key, tree) -> list[torch.Tensor]:
-        """The tensors of a message from what the stage sent (a gradient: its floating leaves)."""
+        """The tensors of a message from what the stage sent (a gradient: its floating leaves; a PETRA
+        gradient message: the activation's leaves, then the gradient's)."""
+        if self._pair(key):
+            x, grad = tree
+            return self._flatten(("act", key[2], key[1], key[3]), x) + self._flatten(key, grad)
+        return self._flatten(key, tree)
+
+    def _flatten(self, key: Key, tree) -> list[torch.Tensor]:
         bd, idx, _ = self._boundary(key)
         leaves, spec = tree_flatten(tree)
         if spec != bd.spec:
@@ -99,7 +114,15 @@ class MessagePlan:
         return [leaves[i] for i in idx]
 
     def unflatten(self, key: Key, tensors: list[torch.Tensor]):
-        """What the receiving stage gets: the boundary's structure (a gradient: None at integer leaves)."""
+        """What the receiving stage gets: the boundary's structure (a gradient: None at integer leaves; a
+        PETRA gradient message: the pair (activation, gradient))."""
+        if self._pair(key):
+            act = ("act", key[2], key[1], key[3])
+            n = len(self._boundary(act)[1])
+            return self._unflatten(act, tensors[:n]), self._unflatten(key, tensors[n:])
+        return self._unflatten(key, tensors)
+
+    def _unflatten(self, key: Key, tensors: list[torch.Tensor]):
         bd, idx, _ = self._boundary(key)
         leaves = [None] * len(bd.leaves)
         for i, t in zip(idx, tensors):

@@ -139,7 +139,7 @@ class StageProcess:
         received = dist_checkpoint.restore(state, layout, self.stage) if state is not None else {}
         self.feed.at_tick(self.first_tick)  # rank 0 sends the first batches: the receives below need their sizes
         plan = MessagePlan(schedule, self.evals, self.boundaries, self.feed.size, eval_sizes, layout.replica,
-                           start=self.first_tick)
+                           start=self.first_tick, carries_input=self.stage.carries_input)
         self.recorder = Recorder(enabled=job.trace)
         comm = device if backend == "nccl" else "cpu"
         self.transport = DistTransport(plan, k, layout.replica, K, D, timeout=job.timeout, device=comm,

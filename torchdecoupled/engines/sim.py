@@ -22,7 +22,8 @@ def run_sim(stages: Sequence[Stage], schedule: Schedule, batches, *, stage_order
             on_tick: Callable[[int], None] | None = None, ticks: range | None = None,
             transport: LocalTransport | None = None) -> None:
     transport = transport if transport is not None else LocalTransport()
-    workers = [Worker(s, schedule, batches, transport) for s in stages]
+    shared = SharedBatches(batches, keep=len(stages) + 1)  # stage k reads batch b about k ticks after stage 0
+    workers = [Worker(s, schedule, shared, transport) for s in stages]
     for t in ticks if ticks is not None else range(schedule.num_ticks):
         run_tick(schedule, t, lambda a: workers[a.stage].ready(a), lambda a: workers[a.stage].run(a),
                  stage_order)
@@ -30,6 +31,22 @@ def run_sim(stages: Sequence[Stage], schedule: Schedule, batches, *, stage_order
             on_tick(t)
     if (ticks is None or ticks.stop == schedule.num_ticks) and transport.pending():
         raise RuntimeError(f"messages left over after the last tick: {transport.pending()[:5]}")
+
+
+class SharedBatches:
+    """``batches.get(b)`` once per batch for all stages: the first stage takes its inputs and the last (and
+    local heads) its targets from one read, instead of each reading (gathering, augmenting) it again. Keeps
+    the ``keep`` latest batches; one read again after that is the same batch (reads depend on b only)."""
+
+    def __init__(self, batches, keep: int):
+        self.batches, self.keep, self.cache = batches, keep, {}
+
+    def get(self, b: int):
+        if b not in self.cache:
+            if len(self.cache) >= self.keep:
+                del self.cache[next(iter(self.cache))]  # the oldest read
+            self.cache[b] = self.batches.get(b)
+        return self.cache[b]
 
 
 @torch.no_grad()

@@ -7,6 +7,9 @@ network input of the same batch. Built-in heads, by name:
     linear    global average pool + Linear, cross-entropy               (classify.LinearHead)
     dgl       DGL's MLP-SR-aux, cross-entropy                           (classify.DGLHead)
     infopro   lambda1 * input reconstruction + lambda2 * SupCon         (infopro.InfoProHead)
+    auglocal  fresh copies of sampled later layers + pool + Linear (AugLocal, ICLR 2024; auglocal.py)
+    lm        LayerNorm + Linear unembedding, per-token cross-entropy   (lm.LMHead, token streams)
+    lm_frozen a frozen copy of the last stage's LayerNorm + Linear       (lm.FrozenLMHead)
 
     head = make_head("dgl", feature_shape=h.shape[1:], num_classes=10, input_shape=x0.shape[1:])
 
@@ -35,9 +38,13 @@ sample, num_classes, seed)`` sizes stage k's head by a forward of ``sample[:2]``
 and builds it from a name, or from a factory called once per stage (a head is never shared by stages):
 
     def factory(stage_index, feature_shape, num_classes, input_shape) -> AuxHead: ...
+
+A HEADS factory that takes a keyword ``modules`` (auglocal, lm_frozen) is also given the list of the
+pipeline's stage modules by ``stage_head`` / ``build_head(..., modules=...)``; copying them is its business.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
@@ -46,9 +53,12 @@ from torch import nn
 from torchdecoupled.heads.base import AuxHead, check_shape
 from torchdecoupled.heads.classify import ClassifierHead, DGLHead, LinearHead
 from torchdecoupled.heads.infopro import InfoProHead, infopro_lambdas, supcon_loss
+from torchdecoupled.heads.auglocal import AugLocalHead, auglocal_head
+from torchdecoupled.heads.lm import FrozenLMHead, LMHead, frozen_lm_head
 
 __all__ = ["AuxHead", "HEADS", "HeadFactory", "make_head", "stage_head", "build_head", "check_factory", "ClassifierHead",
-           "LinearHead", "DGLHead", "InfoProHead", "infopro_lambdas", "supcon_loss"]
+           "LinearHead", "DGLHead", "InfoProHead", "infopro_lambdas", "supcon_loss", "needs_modules", "AugLocalHead",
+           "LMHead", "FrozenLMHead"]
 
 
 def _linear(feature_shape, num_classes, input_shape, stage=0, num_stages=2, **kwargs) -> AuxHead:
@@ -63,7 +73,18 @@ def _infopro(feature_shape, num_classes, input_shape, **kwargs) -> AuxHead:
     return InfoProHead(feature_shape, num_classes, input_shape, **kwargs)
 
 
-HEADS: dict[str, Callable[..., AuxHead]] = {"linear": _linear, "dgl": _dgl, "infopro": _infopro}
+def _lm(feature_shape, num_classes, input_shape, stage=0, num_stages=2, **kwargs) -> AuxHead:
+    return LMHead(feature_shape, num_classes, **kwargs)
+
+
+HEADS: dict[str, Callable[..., AuxHead]] = {"linear": _linear, "dgl": _dgl, "infopro": _infopro,
+                                            "auglocal": auglocal_head, "lm": _lm, "lm_frozen": frozen_lm_head}
+
+
+def needs_modules(head) -> bool:
+    """Whether ``head`` names a HEADS factory that takes the pipeline's stage modules (keyword ``modules``)."""
+    return isinstance(head, str) and head in HEADS and "modules" in inspect.signature(HEADS[head]).parameters
+
 
 # A pipeline's per-stage head factory: (stage_index, feature_shape, num_classes, input_shape) -> AuxHead
 HeadFactory = Callable[[int, tuple, int, tuple], AuxHead]
@@ -135,17 +156,19 @@ def stage_head(head: str | HeadFactory, modules: Sequence[nn.Module], k: int, sa
                 for mod, mode in modes:
                     mod.training = mode
     return build_head(head, k, len(modules), tuple(x.shape[1:]), tuple(x0.shape[1:]), num_classes, seed,
-                      x.device, x.dtype)
+                      x.device, x.dtype, modules=modules)
 
 
 def build_head(head: str | HeadFactory, k: int, num_stages: int, feature_shape: tuple, input_shape: tuple,
-               num_classes: int, seed: int = 0, device=None, dtype=None) -> AuxHead:
+               num_classes: int, seed: int = 0, device=None, dtype=None, modules=None) -> AuxHead:
     """Stage k's auxiliary head for features of ``feature_shape`` (per sample), on ``device`` in ``dtype``
-    (a floating dtype; else the default): the same head wherever it is built, from a private RNG."""
+    (a floating dtype; else the default): the same head wherever it is built, from a private RNG.
+    ``modules`` (the pipeline's stage modules) reach a HEADS factory that takes them (``needs_modules``)."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed * 1000 + k)
         if isinstance(head, str):
-            h = make_head(head, feature_shape, num_classes, input_shape, stage=k, num_stages=num_stages)
+            extra = {"modules": list(modules) if modules is not None else None} if needs_modules(head) else {}
+            h = make_head(head, feature_shape, num_classes, input_shape, stage=k, num_stages=num_stages, **extra)
         else:
             h = check_factory(head)(k, feature_shape, num_classes, input_shape)
     if not isinstance(h, AuxHead):

@@ -1,7 +1,7 @@
 """The method registry: name -> factory(**options) -> Method. Semantics: shared/spec/methods.md."""
 from __future__ import annotations
 
-from . import adl, bp, ddg, dsp, dtrp, fdg, fr, local
+from . import adl, auglocal, bp, ddg, dsp, dtrp, fdg, fr, local, petra
 from .base import Method
 
 METHODS = {
@@ -12,9 +12,11 @@ METHODS = {
     "fr": fr.make,
     "dsp": dsp.make,
     "dtrp": dtrp.make,
+    "petra": petra.make,
     "dgl": local.make_dgl,
     "infopro": local.make_infopro,
     "local": local.make_local,
+    "auglocal": auglocal.make,
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-ACTIVATIONS = ("stash", "recompute")
+ACTIVATIONS = ("stash", "recompute", "reverse")  # "reverse": PETRA, rebuild a reversible stage's input
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,7 @@ class Method:
     family: str                    # schedule family: bp, locked, decoupled, local
     paper: str = ""
     order: str = "bf"              # decoupled family only: "bf" (B, U, then F) or "fb"
-    activations: str = "stash"     # "stash" the graph and weights, or "recompute" at B
+    activations: str = "stash"     # "stash" the graph and weights, "recompute" at B, or "reverse" (PETRA)
     beta: float = 1.0              # gradient shrinking (FDG beta, DTRP gamma); 1 = off
     accumulate: int = 1            # ADL's M: sum M backwards, then update
     warmup_epochs: float = 0.0     # linear learning-rate warm-up from 0.01 * lr
@@ -40,8 +40,8 @@ def configure(base: Method, allowed: tuple[str, ...], **opts) -> Method:
         raise ValueError(f"accumulate must be >= 1, got {m.accumulate}")
     if m.order not in ("bf", "fb"):
         raise ValueError(f"unknown order {m.order!r} (valid: bf, fb)")
-    if m.warmup_epochs < 0:
-        raise ValueError(f"warmup must be >= 0 epochs, got {m.warmup_epochs}")
+    if not 0 <= m.warmup_epochs < float("inf"):
+        raise ValueError(f"warmup must be a finite number >= 0 of epochs, got {m.warmup_epochs}")
     if m.activations not in ACTIVATIONS:
         raise ValueError(f"unknown activations {m.activations!r} (valid: {', '.join(ACTIVATIONS)})")
     return m

@@ -16,6 +16,7 @@ from torchdecoupled.models.gpt import gpt, lm_loss
 from torchdecoupled.models.mlp import mlp
 from torchdecoupled.models.resnet import resnet
 from torchdecoupled.models.resnet1d import resnet1d
+from torchdecoupled.models.revnet import revnet, revnet1d
 from torchdecoupled.models.wrn import wrn
 
 # name -> (builder, fixed keyword arguments)
@@ -34,6 +35,10 @@ MODELS: dict[str, tuple[Callable[..., nn.Sequential], dict[str, Any]]] = {
     "gpt": (gpt, {}),
     "gpt_mini": (gpt, {"layers": 6, "width": 128, "heads": 4}),
     "gpt_small": (gpt, {"layers": 12, "width": 768, "heads": 12}),
+    "revnet": (revnet, {}),
+    "revnet18": (revnet, {"width": 64, "blocks": (2, 2, 2, 2)}),
+    "revnet_mini": (revnet, {"width": 16, "blocks": (4, 4)}),
+    "revnet1d": (revnet1d, {}),
 }
 
 

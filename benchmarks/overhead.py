@@ -264,6 +264,8 @@ def dist_child(rank: int, port: int, out: str, steps: int) -> None:
            "components": {k: (z[k] - a[k]) / steps / 1e6 for k in TIMED if z[k] - a[k]}}
     with open(out, "w") as f:
         json.dump(res, f)
+    sys.stdout.flush()
+    os._exit(0)  # as bench.runners' children: no teardown of gloo's threads at interpreter exit
 
 
 def dist_repeat(steps: int) -> list[dict]:

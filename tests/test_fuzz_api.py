@@ -75,6 +75,7 @@ PIPELINE_ARGS = {  # the values worth trying per argument beyond ANYTHING
     "warmup_epochs": st.floats(allow_nan=True), "predictor": st.sampled_from(["none", "delta", "momentum", "x"]),
     "model": st.sampled_from([nn.Linear(6, 3), nn.Sequential(), [nn.Linear(6, 8), nn.Linear(8, 3)], nn.Sequential(
         nn.Linear(5, 3)), nn.Sequential(nn.Linear(6, 3), nn.Linear(6, 3))]), "nope": ANYTHING,
+    "precision": st.sampled_from(["float32", "bf16", "fp16"]), "token_unit": st.sampled_from([None, "token", "x"]),
 }
 FIT_ARGS = {
     "data": st.sampled_from([LOADER, [], [(X, Y)], [X], (X, Y), X, [(X[:8], Y[:7])], [{"x": X, "y": Y}],
@@ -88,10 +89,15 @@ FIT_ARGS = {
 REFUSALS = (ValueError, TypeError)
 
 
+SYNONYMS = {"model": ["module"], "data": ["batch", "training data", "dataset", "fit()"],
+            "val_data": ["evaluation data", "batch"], "on_epoch": ["callback"], "epochs": ["epoch"]}
+
+
 def _names(args: dict) -> list[str]:
     out = []
     for k, v in args.items():
-        out += [k, k.replace("_", " "), f"got {type(v).__name__}"]
+        out += SYNONYMS.get(k, [])
+        out += [k, k.rstrip("s"), k.replace("_", " "), f"got {type(v).__name__}", f"a {type(v).__name__}"]
         if isinstance(v, (str, int, float)) and not isinstance(v, bool):
             out += [str(v), repr(v)]
     return out

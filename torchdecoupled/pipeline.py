@@ -18,6 +18,7 @@ The CLI (``torchdecoupled train``) and the speed benchmark build a Pipeline and 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Callable
@@ -27,12 +28,13 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import resume as resuming
-from .config import MAX_TIMEOUT
+from .config import MAX_SEED, MAX_THREADS, MAX_TIMEOUT, check_device
 from .data.loader import training_data
 from .engines.sim import evaluate, run_sim
 from .evaluation import eval_chunks
 from .heads import FACTORY_FIX, HeadFactory, build_head, check_factory, needs_modules, stage_head
 from .methods import METHODS, get_method
+from .methods.base import Method
 from .logs import require_tensorboard
 from .metrics import MetricsWriter, epoch_record, lm_keys, machine, params_sha256, progress_bar, write_summary
 from .precision import check_precision
@@ -73,6 +75,8 @@ class Pipeline:
                  batch_keys: tuple[str, str] = ("x", "y"), precision: str = "float32", token_unit: str | None = None,
                  **method_opts):
         _check_engine(engine, replicas, timeout, threads)
+        _check_values(method, seed, device, method_opts)
+        _check_parts(scheduler, criterion, boundaries, batch_keys)
         first = next((p for p in model.parameters()), None) if isinstance(model, nn.Module) else None
         self.precision = check_precision(precision, first.dtype if first is not None else None)
         self.token_unit = _check_unit(token_unit)
@@ -338,8 +342,41 @@ def _check_engine(engine: str, replicas: int, timeout: float, threads: int) -> N
         raise ValueError(f"replicas={replicas} needs engine='dist' (the simulator runs one replica)")
     if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and 0 < timeout <= MAX_TIMEOUT):
         raise ValueError(f"timeout must be greater than 0 and at most {MAX_TIMEOUT:g} seconds (got {timeout!r})")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1 (got {threads!r})")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}] (got {threads!r})")
+
+
+def _check_parts(scheduler, criterion, boundaries, batch_keys) -> None:
+    for name, fn in (("scheduler", scheduler), ("criterion", criterion)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be a callable or None (got {type(fn).__name__} {fn!r})")
+    if boundaries is not None and not isinstance(boundaries, (list, tuple)):
+        raise TypeError(f"boundaries must be a list of cut points like [2, 5] (got {type(boundaries).__name__})")
+    if not (isinstance(batch_keys, (tuple, list)) and len(batch_keys) == 2 and all(isinstance(k, str) for k in
+                                                                                  batch_keys)):
+        raise TypeError(f"batch_keys must be two str, the input's and the target's keys (got {batch_keys!r})")
+
+
+def _check_values(method, seed, device, method_opts: dict) -> None:
+    """The method's name and options, the seed and the device: their types and ranges, in one line each."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name like 'fdg' (valid: {', '.join(sorted(METHODS))}; got "
+                        f"{type(method).__name__})")
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(Method) if f.name not in ("name", "family", "paper")}
+    for k, v in method_opts.items():
+        kind = kinds.get(k)
+        if v is None or kind is None:  # None: the method's default; an unknown name: get_method names it
+            continue
+        ok = (isinstance(v, (int, float)) if kind is float else isinstance(v, kind)) and not isinstance(v, bool)
+        if not ok:
+            raise TypeError(f"{k} must be {'a number' if kind is float else 'an integer' if kind is int else 'a str'}"
+                            f" (got {type(v).__name__} {v!r})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**48 - 1] (got {seed!r})")
+    if device is not None:
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be a str like 'cpu' or 'cuda:0' (got {type(device).__name__} {device!r})")
+        check_device(str(device))
 
 
 def _check_unit(unit):

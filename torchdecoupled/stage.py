@@ -229,6 +229,9 @@ class Stage:
         except (IndexError, RuntimeError, ValueError, TypeError) as e:  # e.g. a label outside [0, classes)
             raise ValueError(f"stage {self.index}: the criterion failed on batch {b} (outputs {_shapes(out)}, targets "
                              f"{_shapes(y)}): {type(e).__name__}: {e}") from None
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"stage {self.index}: the criterion returned {type(loss).__name__}, not a tensor: return "
+                            f"the loss as a scalar tensor")
         correct, count = accuracy_counts(out, y) or (None, None)
         self.telemetry.losses.append((b, loss.detach(), correct, batch_size(y, out), count))
         return loss

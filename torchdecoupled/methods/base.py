@@ -38,6 +38,8 @@ def configure(base: Method, allowed: tuple[str, ...], **opts) -> Method:
         raise ValueError(f"beta/gamma must be in (0, 1], got {m.beta} (the FDG paper uses 0.2-0.8; 1 = off)")
     if m.accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {m.accumulate}")
+    if m.accumulate > 4096:  # planning a stage's weight versions takes time in proportion to it
+        raise ValueError(f"accumulate must be at most 4096 backwards per update, got {m.accumulate}")
     if m.order not in ("bf", "fb"):
         raise ValueError(f"unknown order {m.order!r} (valid: bf, fb)")
     if not 0 <= m.warmup_epochs < float("inf"):

@@ -31,10 +31,10 @@ def one(job: tuple) -> dict:
     _, method, opts, K, seed, epochs, precision = job
     cfg = RunConfig(method=method, method_opts=dict(opts), stages=K, dataset="text", epochs=epochs, seed=seed,
                     precision=precision, progress=False)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     s = train(cfg)
     return {"bpb": s["test_bits_per_byte"], "train_bpb": s["train_bits_per_byte"], "peaks": s["peak_stored_bytes"],
-            "seconds": time.perf_counter() - start, "config": cfg.resolved()}
+            "seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "config": cfg.resolved()}
 
 
 def cell(v: list[float], ref: float | None) -> str:
@@ -106,11 +106,19 @@ def write(a, rows, ks, seeds, results, wall) -> None:
         "## The CNN papers' claims on a transformer", "", *claims(rows, ks, seeds, results, ref, bp), "",
         f"Command: `python benchmarks/lm.py --seeds {a.seeds} --stages {a.stages} --epochs {a.epochs} "
         f"--precision {a.precision} --workers {a.workers}`; {len(results)} runs in {wall / 60:.1f} minutes with "
-        f"{a.workers} at once. Machine: {mach['platform']}, {mach['cpus']} CPUs, Python {mach['python']}, torch "
+        f"{a.workers} at once, {sum(r['cpu_s'] for r in results.values()) / 60:.1f} CPU-minutes in all (one thread "
+        f"per run; {load_note()}). Machine: {mach['platform']}, {mach['cpus']} CPUs, Python {mach['python']}, torch "
         f"{mach['torch']}, commit {mach['commit']}.", ""]
     with open(a.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
+
+
+def load_note() -> str:
+    import os
+    one, _, fifteen = os.getloadavg()
+    return (f"load average {one:.1f} at the end, {fifteen:.1f} over 15 minutes, on {os.cpu_count()} CPUs: "
+            f"{'other work shared the machine, so the wall time is high' if fifteen > 2.5 else 'a quiet machine'}")
 
 
 def claims(rows, ks, seeds, results, ref, bp) -> list[str]:

@@ -317,7 +317,8 @@ def sim_table(case: str, reps: list[dict]) -> list[str]:
     inst = [sum(r["instrumented"]) - sum(r["engine"]) for r in reps]
     rest = [o - sum(r["components"].values()) - sum(r["fixed"].values()) - max(i, 0)
             for o, r, i in zip(over, reps, inst)]
-    lines.append("| - the rest (Python per action, pytree and boundary handling, caches) | "
+    lines.append("| - not attributed (overhead - the rows above - the timers' cost; < 0: the rows above are upper "
+                 "bounds, or noise) | "
                  + " | " * (K - 1) + f" | {med(rest)} |")
     return lines + [""]
 
@@ -384,7 +385,11 @@ def main() -> None:
                f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, commit {m['commit']}; load average "
                f"{load:.1f} at the end (other jobs share this machine); {a.repeats} interleaved repeats, "
                f"{time.time() - t_start:.0f} s. CPU time of one thread (`time.thread_time_ns`); medians, "
-               f"(min-max) over the repeats.", ""]
+               f"(min-max) over the repeats. The component rows are timed in a separate instrumented run: "
+               f"each includes its timers' own cost (a few microseconds a call) and the cold caches after the "
+               f"model's ops, so small rows are upper bounds. In the distributed run the main thread's CPU also "
+               f"includes what two processes running at once cost each other (shared caches, memory bandwidth): "
+               f"the gap between its stages and the same stages in one process that the rows do not explain.", ""]
     for c in cases:
         if c != "resnet20_dist":
             section += sim_table(c, res[c])

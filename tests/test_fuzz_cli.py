@@ -206,6 +206,8 @@ def test_config_file_keys(tree, data, fmt):
     try:
         names = [path] + [x for k, v in given_.items() for x in (k, k.replace("_", "-"), k.replace("_", " "),
                                                                    str(v), repr(v))]
+        names += [str(x) for v in given_.values() if isinstance(v, dict) for x in v]  # model_opts' keys
+        names += [v.split("_")[0] for v in given_.values() if isinstance(v, str) and len(v.split("_")[0]) >= 3]
         _refused_or_accepted(["train", "--config", path], names, tree)
     finally:
         os.remove(path)

@@ -158,7 +158,17 @@ class Pipeline:
         more extend it, see ``resume.py``); info: what describes the run, stored in the checkpoint and the
         summary. A second fit continues the same stages (optimizer, scheduler and predictor state kept)."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1 (got {epochs!r})")
+            raise ValueError(f"epochs must be an integer >= 1 (got {_shown(epochs)})")
+        if info is not None and not isinstance(info, dict):
+            raise TypeError(f"info must be a dict describing the run, or None (got {type(info).__name__})")
+        if on_epoch is not None and not callable(on_epoch):
+            raise TypeError(f"on_epoch must be a callable(record) or None (got {type(on_epoch).__name__})")
+        for name, path in (("out", out), ("resume", resume)):
+            if path is not None and not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a path or None (got {_shown(path)})")
+        for name, flag in (("progress", progress), ("checkpoint", checkpoint), ("tensorboard", tensorboard)):
+            if not isinstance(flag, (bool, int)):
+                raise TypeError(f"{name} must be True or False (got {_shown(flag)})")
         if checkpoint and not out:
             raise ValueError("checkpoint=True needs out= (the checkpoint is out/checkpoint.pt)")
         if tensorboard and not out:
@@ -344,6 +354,12 @@ def _check_engine(engine: str, replicas: int, timeout: float, threads: int) -> N
         raise ValueError(f"timeout must be greater than 0 and at most {MAX_TIMEOUT:g} seconds (got {timeout!r})")
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}] (got {threads!r})")
+
+
+def _shown(v) -> str:
+    """``v`` for a one-line message: its repr if short, else its type."""
+    text = repr(v)
+    return text if len(text) <= 60 and "\n" not in text else f"a {type(v).__name__}"
 
 
 def _check_parts(scheduler, criterion, boundaries, batch_keys) -> None:

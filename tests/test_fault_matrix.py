@@ -15,7 +15,7 @@ What each signal does (the expected column of the matrix):
 - launcher SIGSTOP: the run pauses (nothing can end a stopped process's run from inside it); SIGCONT
   after 1 s and it ends normally.
 
-The default run has 5 representative cases; the whole matrix (40) runs with
+The default run has 4 representative cases; the whole matrix (40) runs with
 ``.venv/bin/python -m pytest -m slow tests/test_fault_matrix.py``.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ SIM_EXPECT = {KILL: -9, TERM: -15, INT: 130, STOP: 0}  # the simulator: the one 
 CASES = [("dist", victim, sig, K, D) for victim in ("stage", "launcher") for sig in (KILL, STOP, INT, TERM)
          for K in (2, 3) for D in (1, 2)] + [("sim", "launcher", sig, K, 1) for sig in (KILL, STOP, INT, TERM)
                                              for K in (2, 3)]
-FAST = {("dist", "stage", KILL, 2, 1), ("dist", "launcher", TERM, 3, 1), ("dist", "stage", TERM, 2, 2),
-        ("sim", "launcher", INT, 2, 1), ("dist", "launcher", KILL, 2, 1)}
+FAST = {("dist", "stage", KILL, 2, 1), ("dist", "launcher", TERM, 2, 1),
+        ("sim", "launcher", INT, 2, 1), ("dist", "launcher", KILL, 2, 1)}  # one reference run (K 2, D 1)
 _REFERENCE: dict = {}
 
 

@@ -220,3 +220,28 @@ def test_every_option_and_key_is_fuzzed():
     assert {"--method", "--out", "--config", "--stages", "--seed", "--timeout", "--beta"} <= train
     assert set(config_file.KEYS) >= {"method", "stages", "milestones", "model_opts", "threads"}
     assert set(DATASET_DEFAULTS) >= {"digits", "mnist1d"}
+
+
+# ---- what the fuzzer found, each pinned (before: a traceback, a crash, a hang, two lines or a silent accept) --
+
+FOUND = [
+    (["train", *TINY, "--seed=99999999999999999999"], "--seed must be an integer in [0, 2**48 - 1]"),  # Overflow...
+    (["train", *TINY, "--threads=100000"], "--threads must be in [1, 1024]"),  # OpenBLAS: a segmentation fault
+    (["train", *TINY, "-m", "adl", "--warmup=nan"], "warmup must be a finite number >= 0"),  # accepted
+    (["train", *TINY, "-m", "adl", "--accumulate=99999999999999999999"], "accumulate must be at most 4096"),  # hang
+    (["train", *TINY, "--milestones=-5"], "--milestones are epochs >= 1"),  # accepted, never reached
+    (["train", *TINY, "--order=x"], "argument --order: invalid choice: 'x'"),  # argparse's usage block: 20 lines
+    (["train", *TINY, f"--out={ROOT}/never-made", "--partition=0"], "1 stages need 0 boundaries"),  # config line first
+    (["train", *TINY, "--out=/proc/nope/x"], "--out '/proc/nope/x': cannot write there"),  # [Errno 2] only
+    (["train", *TINY, f"--config={ROOT}/dir.toml"], "Is a directory"),  # IsADirectoryError: a traceback
+    (["schedule", "--stages=100000"], "--stages must be in [1, 64] for a drawing"),  # hang (minutes)
+    (["schedule", "-N", "99999999"], "--batches must be in [1, 1024] for a drawing"),
+]
+
+
+@pytest.mark.parametrize("argv,message", FOUND, ids=[" ".join(a[-1:]) for a, _ in FOUND])
+def test_what_the_fuzzer_found(tree, argv, message):
+    before = snapshot(tree)
+    code, lines = run_cli(argv)
+    assert code == 2 and len(lines) == 1 and message in lines[0], (code, lines)
+    assert snapshot(tree) == before  # --out ROOT/never-made: not made, no config.toml

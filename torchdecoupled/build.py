@@ -142,7 +142,8 @@ def build_run(cfg: RunConfig) -> Run:
     pipe, data, batches = build_pipeline(cfg)
     batches = training_data(batches)  # a DataLoader gets random access by batch index
     m = pipe.method
-    schedule = Schedule(m.family, cfg.stages, cfg.epochs * batches.per_epoch, m.order, m.accumulate)
+    schedule = Schedule(m.family, cfg.stages, cfg.epochs * batches.per_epoch, m.order, m.accumulate,
+                        m.param_messages)
     return Run(cfg, m, schedule, data, batches, pipe.modules)
 
 

@@ -96,7 +96,7 @@ def cmd_schedule(a) -> int:
         if not 1 <= getattr(a, name) <= most:
             raise ValueError(f"--{name} must be in [1, {most}] for a drawing, got {getattr(a, name)}")
     m = get_method(a.method, **_method_opts(a))
-    s = Schedule(m.family, a.stages, a.batches, m.order, m.accumulate)
+    s = Schedule(m.family, a.stages, a.batches, m.order, m.accumulate, m.param_messages)
     validate(s)
     if a.json:
         d = {"method": m.name, **s.to_dict(),

@@ -122,8 +122,8 @@ class RunConfig:
         if c.precision not in PRECISIONS:
             raise ValueError(f"unknown --precision {c.precision!r} (valid: {', '.join(PRECISIONS)})")
         if c.precision != "float32" and method.activations == "reverse":
-            raise ValueError(f"--method {c.method} rebuilds stage inputs by subtraction, which --precision {c.precision} "
-                             f"rounds more at every stage: use --precision float32")
+            raise ValueError(f"--method {c.method} rebuilds stage inputs by subtraction, which --precision "
+                             f"{c.precision} rounds more at every stage: use --precision float32")
         if c.precision == "bf16" and c.dtype != "float32":
             raise ValueError(f"--precision bf16 keeps float32 master weights: it needs --dtype float32 (got "
                              f"--dtype {c.dtype})")

@@ -138,7 +138,7 @@ class Pipeline:
 
     def _build(self, num_batches: int, per_epoch: int) -> Schedule:
         m = self.method
-        schedule = Schedule(m.family, len(self.modules), num_batches, m.order, m.accumulate)
+        schedule = Schedule(m.family, len(self.modules), num_batches, m.order, m.accumulate, m.param_messages)
         old = self.stages
         self.stages = [self._spec(k).build(schedule, per_epoch, old[k] if old else None)
                        for k in range(len(self.modules))]
@@ -164,8 +164,8 @@ class Pipeline:
         if on_epoch is not None and not callable(on_epoch):
             raise TypeError(f"on_epoch must be a callable(record) or None (got {type(on_epoch).__name__})")
         for name, path in (("out", out), ("resume", resume)):
-            if path is not None and not isinstance(path, (str, os.PathLike)):
-                raise TypeError(f"{name} must be a path or None (got {_shown(path)})")
+            if path is not None and (not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path)):
+                raise TypeError(f"{name} must be a path (without NUL characters) or None (got {_shown(path)})")
         for name, flag in (("progress", progress), ("checkpoint", checkpoint), ("tensorboard", tensorboard)):
             if not isinstance(flag, (bool, int)):
                 raise TypeError(f"{name} must be True or False (got {_shown(flag)})")
@@ -273,7 +273,7 @@ class Pipeline:
             for rec in result["records"]:  # under torchrun rank 0 saw them live, the others now
                 on_epoch(rec)
         schedule = Schedule(m.family, len(self.modules), (epochs - begin.first_epoch) * batches.per_epoch, m.order,
-                            m.accumulate)
+                            m.accumulate, m.param_messages)
         self.last_run = {"engine": "dist", "schedule": schedule, "peaks": result.get("peaks"),
                          "writes_summary": "states" in result,
                          "extra": {k: result[k] for k in ("idle_fraction", "backend", "world_size") if k in result}}
@@ -386,12 +386,12 @@ def _check_values(method, seed, device, method_opts: dict) -> None:
         ok = (isinstance(v, (int, float)) if kind is float else isinstance(v, kind)) and not isinstance(v, bool)
         if not ok:
             raise TypeError(f"{k} must be {'a number' if kind is float else 'an integer' if kind is int else 'a str'}"
-                            f" (got {type(v).__name__} {v!r})")
+                            f" (got {_shown(v)})")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer in [0, 2**48 - 1] (got {seed!r})")
     if device is not None:
         if not isinstance(device, (str, torch.device)):
-            raise TypeError(f"device must be a str like 'cpu' or 'cuda:0' (got {type(device).__name__} {device!r})")
+            raise TypeError(f"device must be a str like 'cpu' or 'cuda:0' (got {_shown(device)})")
         check_device(str(device))
 
 

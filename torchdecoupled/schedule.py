@@ -22,6 +22,9 @@ Fully decoupled, K = 3, N = 4, order "bf" (Zhuang et al. 2021, Fig. 2; stages as
 A message (activation up, gradient down) sent in tick t is used in tick t+1, except the forward-locked
 activations (and BP's gradients) which are used in the same tick. The run drains: every batch is
 forwarded and backwarded at every stage, and ADL's last partial accumulation window is applied.
+MAN's parameter messages (``params``): after its U of batch b, stage k > 0 sends its first layer's
+parameters down, used by stage k-1's F of batch b + 2 in the next tick (``param_needed``; the table in
+``methods/man.py``); the U actions then name their batch.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ class Schedule:
     num_batches: int
     order: str = "bf"
     accumulate: int = 1
+    params: bool = False  # MAN's parameter messages (methods/man.py): local family, accumulate 1
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -69,6 +73,9 @@ class Schedule:
             raise ScheduleError(f"unknown order {self.order!r} (valid: bf, fb)")
         if self.accumulate < 1:
             raise ScheduleError(f"accumulate must be >= 1, got {self.accumulate}")
+        if self.params and (self.family != "local" or self.accumulate != 1):
+            raise ScheduleError(f"parameter messages need the local family with accumulate 1 (got family "
+                                f"{self.family!r}, accumulate {self.accumulate})")
 
     # ---- timing of one batch at one stage -------------------------------------------------------
     def delay(self, k: int) -> int:
@@ -108,7 +115,7 @@ class Schedule:
         bb = t - self.backward_tick(k, 0)
         f = [Action("F", k, fb)] if 0 <= fb < self.num_batches else []
         b = [Action("B", k, bb)] if 0 <= bb < self.num_batches else []
-        u = [Action("U", k)] if b and self.updates_after(bb) else []
+        u = [Action("U", k, bb if self.params else None)] if b and self.updates_after(bb) else []  # MAN: U<b>
         return b + u + f if self.update_before_forward(k) else f + b + u
 
     def grid(self) -> list[list[list[Action]]]:
@@ -132,7 +139,7 @@ class Schedule:
         return {
             "family": self.family, "stages": self.num_stages, "batches": self.num_batches,
             "order": self.order, "accumulate": self.accumulate, "delay": self.delays,
-            "ticks": self.num_ticks,
+            "ticks": self.num_ticks, **({"params": True} if self.params else {}),
             "grid": [[[str(a) for a in cell] for cell in row] for row in self.grid()],
         }
 
@@ -178,7 +185,22 @@ def messages_sent(schedule: Schedule, a: Action) -> list[tuple]:
         return [("act", k, k + 1, a.batch)]
     if a.op == "B" and k > 0 and schedule.family != "local":
         return [("grad", k, k - 1, a.batch)]
+    if a.op == "U" and schedule.params and k > 0 and a.batch + 2 < schedule.num_batches:
+        return [("param", k, k - 1, a.batch)]  # MAN: theta after U of batch b, for stage k-1's F of b + 2
     return []
+
+
+def param_needed(schedule: Schedule, a: Action) -> tuple | None:
+    """MAN (``schedule.params``): the F of batch b >= 2 at stage k < K-1 first takes stage k+1's first-layer
+    parameters after its U of batch b - 2 (sent in the tick before; the table in ``methods/man.py``)."""
+    if schedule.params and a.op == "F" and a.stage < schedule.num_stages - 1 and a.batch >= 2:
+        return ("param", a.stage + 1, a.stage, a.batch - 2)
+    return None
+
+
+def messages_needed(schedule: Schedule, a: Action) -> list[tuple]:
+    """Every message key an action consumes: ``message_needed``'s, then ``param_needed``'s."""
+    return [key for key in (message_needed(schedule, a), param_needed(schedule, a)) if key is not None]
 
 
 def same_tick_allowed(schedule: Schedule, kind: str) -> bool:
@@ -197,12 +219,8 @@ def validate(schedule: Schedule) -> None:
     tick = 0
 
     def ready(a: Action) -> bool:
-        key = message_needed(schedule, a)
-        if key is None:
-            return True
-        if key not in sent:
-            return False
-        return sent[key] < tick or same_tick_allowed(schedule, key[0])
+        return all(key in sent and (sent[key] < tick or same_tick_allowed(schedule, key[0]))
+                   for key in messages_needed(schedule, a))
 
     def run(a: Action) -> None:
         k, b = a.stage, a.batch
@@ -221,8 +239,7 @@ def validate(schedule: Schedule) -> None:
             if unapplied[k] == 0:
                 raise ScheduleError(f"tick {tick}: stage {k} updates with no gradient")
             unapplied[k] = 0
-        key = message_needed(schedule, a)
-        if key is not None:
+        for key in messages_needed(schedule, a):
             del sent[key]
         for m in messages_sent(schedule, a):
             sent[m] = tick

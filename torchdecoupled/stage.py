@@ -337,6 +337,25 @@ class Stage:
         progress = (self._last_backward + 1) / self.batches_per_epoch
         return 0.01 + 0.99 * min(1.0, progress / w)
 
+    # ---- MAN's parameter messages (methods/man.py) ---------------------------------------------
+    def param_message(self) -> list[torch.Tensor]:
+        """Copies of this stage's first layer's parameters, sent down after U (``heads.man.first_layer``)."""
+        from .heads.man import first_layer_params
+        return [p.detach().clone() for p in first_layer_params(self.module)]
+
+    def param_shapes(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """(shape, dtype) of each tensor of ``param_message``."""
+        from .heads.man import first_layer_params
+        return [(tuple(p.shape), p.dtype) for p in first_layer_params(self.module)]
+
+    def receive_params(self, tensors) -> None:
+        """The stage above's first-layer parameters, just before an F: the head's EMA takes them."""
+        if not hasattr(self.head, "receive_next"):
+            raise TypeError(f"stage {self.index}: method {self.method.name!r} sends the next stage's parameters to "
+                            f"the auxiliary head, but {type(self.head).__name__} has no receive_next(params): use "
+                            f"a MAN head (heads.man.MANHead, head 'man_dgl' or 'man_infopro')")
+        self.head.receive_next(tensors)
+
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, x):

@@ -77,7 +77,6 @@ class StageSpec:
             restore_stage(stage, self.state)
         return stage
 
-
     def info(self, schedule: Schedule, per_epoch: int) -> StageInfo:
         """What a stage-aware optimizer factory (one with a keyword ``stage``) is given for this stage."""
         return stage_info(schedule, self.index, per_epoch, stash=self.method.activations == "stash")

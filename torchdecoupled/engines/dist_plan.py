@@ -8,9 +8,11 @@ Shapes are agreed before any tensor travels: leaf i of stage k's output has shap
 where n is the replica's slice of batch b (``size(b)``, which the data reader announces ahead of use,
 ``dist_feed``) or the evaluation chunk's size; the per-sample shapes come from a one-sample forward at
 start-up (``dist_setup``). So a receiver can post its receives early, into buffers of the right size,
-with no header message. Under PETRA (``carries_input``) a gradient message is the pair (activation,
-gradient): every leaf of the activation, then the floating leaves of its gradient. A run resumed from a checkpoint taken after tick t plans from tick
-``start = t + 1``: what was sent up to tick t and not yet used travels in the checkpoint.
+with no header message. MAN's "param" messages (``Schedule.params``) carry the sender's first-layer
+parameters, their shapes from each end's own copy (``param_shapes``: the sender's layer, the receiver's
+head's EMA). Under PETRA (``carries_input``) a gradient message is the pair (activation,
+gradient): every leaf of the activation, then the floating leaves of its gradient. A run resumed from a
+checkpoint taken after tick t plans from tick ``start = t + 1``: what was sent up to tick t and not yet used travels in the checkpoint.
 """
 from __future__ import annotations
 
@@ -58,8 +60,9 @@ class Boundary:
 class MessagePlan:
     def __init__(self, schedule: Schedule, evals: dict[int, int], boundaries: list[Boundary],
                  size: Callable[[int], int], eval_sizes: list[int], replica: int, start: int = 0,
-                 carries_input: bool = False):
+                 carries_input: bool = False, param_shapes: dict | None = None):
         self.schedule, self.evals, self.boundaries, self.start = schedule, evals, boundaries, start
+        self.param_shapes = dict(param_shapes or {})  # MAN: src stage -> (shape, dtype) of its first layer's tensors
         self.carries_input = carries_input  # PETRA: a "grad" message is (activation, gradient), Stage.carries_input
         self.size, self.chunks, self.replica = size, list(eval_sizes), replica
 
@@ -92,6 +95,8 @@ class MessagePlan:
 
     def shapes(self, key: Key) -> list[tuple[tuple[int, ...], torch.dtype]]:
         """(shape, dtype) of every tensor of the message, in the order they travel."""
+        if key[0] == "param":  # MAN: the sender's first-layer parameters, no batch dimension
+            return list(self.param_shapes[key[1]])
         bd, idx, n = self._boundary(key)
         if self._pair(key):
             idx = list(range(len(bd.leaves))) + idx
@@ -99,7 +104,9 @@ class MessagePlan:
 
     def flatten(self, key: Key, tree) -> list[torch.Tensor]:
         """The tensors of a message from what the stage sent (a gradient: its floating leaves; a PETRA
-        gradient message: the activation's leaves, then the gradient's)."""
+        gradient message: the activation's leaves, then the gradient's; MAN's "param": its list of tensors)."""
+        if key[0] == "param":
+            return list(tree)
         if self._pair(key):
             x, grad = tree
             return self._flatten(("act", key[2], key[1], key[3]), x) + self._flatten(key, grad)
@@ -115,7 +122,9 @@ class MessagePlan:
 
     def unflatten(self, key: Key, tensors: list[torch.Tensor]):
         """What the receiving stage gets: the boundary's structure (a gradient: None at integer leaves; a
-        PETRA gradient message: the pair (activation, gradient))."""
+        PETRA gradient message: the pair (activation, gradient); MAN's "param": the list of tensors)."""
+        if key[0] == "param":
+            return list(tensors)
         if self._pair(key):
             act = ("act", key[2], key[1], key[3])
             n = len(self._boundary(act)[1])

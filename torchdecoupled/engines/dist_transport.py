@@ -229,7 +229,8 @@ def wait_for(work, timeout: timedelta, doing: str, peer: str, hint: str) -> None
 def _what(key) -> str:
     kind, _, _, batch = key
     return {"act": f"activation of batch {batch}", "grad": f"gradient of batch {batch}",
-            "eval": f"evaluation chunk {batch}"}.get(kind, kind)
+            "eval": f"evaluation chunk {batch}",
+            "param": f"first-layer parameters after the update of batch {batch}"}.get(kind, kind)
 
 
 def brief(e: BaseException) -> str:

@@ -79,6 +79,21 @@ class Fault:
         os.kill(os.getpid(), signal.SIGKILL if self.kind == "kill" else signal.SIGSTOP)
 
 
+def param_shapes(schedule: Schedule, stage) -> dict:
+    """MAN's "param" messages, by sender: this stage's first layer (sent down) and, from the head's EMA, the
+    layer of the stage above (received); {} without parameter messages."""
+    k, K = stage.index, schedule.num_stages
+    if not schedule.params:
+        return {}
+    out = {k: stage.param_shapes()} if k > 0 else {}
+    if k < K - 1:
+        if not hasattr(stage.head, "next_shapes"):
+            raise TypeError(f"stage {k}: method {stage.method.name!r} sends the next stage's parameters to the "
+                            f"auxiliary head, but {type(stage.head).__name__} has no next_shapes(): use a MAN head")
+        out[k + 1] = stage.head.next_shapes()
+    return out
+
+
 def first_batch_after(schedule: Schedule, tick: int) -> int:
     """The first batch any action after ``tick`` touches (a resumed run's reader starts there: a message
     about a batch in flight needs that batch's size)."""
@@ -110,7 +125,8 @@ class StageProcess:
         begin = resume.start(state, job.epochs, m)  # the launcher checked it: the same answer in every rank
         self.first_epoch, self.first_tick = begin.first_epoch, begin.first_tick
         epochs = job.epochs - self.first_epoch  # of this schedule
-        self.schedule = schedule = Schedule(m.family, K, epochs * job.per_epoch, m.order, m.accumulate)
+        self.schedule = schedule = Schedule(m.family, K, epochs * job.per_epoch, m.order, m.accumulate,
+                                            m.param_messages)
         self.evals = eval_ticks(schedule, job.per_epoch, epochs)
         self.lookahead = PREFETCH + K + 4
         N = schedule.num_batches
@@ -139,7 +155,8 @@ class StageProcess:
         received = dist_checkpoint.restore(state, layout, self.stage) if state is not None else {}
         self.feed.at_tick(self.first_tick)  # rank 0 sends the first batches: the receives below need their sizes
         plan = MessagePlan(schedule, self.evals, self.boundaries, self.feed.size, eval_sizes, layout.replica,
-                           start=self.first_tick, carries_input=self.stage.carries_input)
+                           start=self.first_tick, carries_input=self.stage.carries_input,
+                           param_shapes=param_shapes(schedule, self.stage))
         self.recorder = Recorder(enabled=job.trace)
         comm = device if backend == "nccl" else "cpu"
         self.transport = DistTransport(plan, k, layout.replica, K, D, timeout=job.timeout, device=comm,

@@ -10,6 +10,8 @@ network input of the same batch. Built-in heads, by name:
     auglocal  fresh copies of sampled later layers + pool + Linear (AugLocal, ICLR 2024; auglocal.py)
     lm        LayerNorm + Linear unembedding, per-token cross-entropy   (lm.LMHead, token streams)
     lm_frozen a frozen copy of the last stage's LayerNorm + Linear       (lm.FrozenLMHead)
+    man_dgl   DGL's head on LB(h) + EMA(h), copies of the next stage's first layer (MAN, ECCV 2024; man.py)
+    man_infopro  InfoPro's loss on the same y                            (man.MANHead)
 
     head = make_head("dgl", feature_shape=h.shape[1:], num_classes=10, input_shape=x0.shape[1:])
 
@@ -39,7 +41,7 @@ and builds it from a name, or from a factory called once per stage (a head is ne
 
     def factory(stage_index, feature_shape, num_classes, input_shape) -> AuxHead: ...
 
-A HEADS factory that takes a keyword ``modules`` (auglocal, lm_frozen) is also given the list of the
+A HEADS factory that takes a keyword ``modules`` (auglocal, lm_frozen, man_*) is also given the list of the
 pipeline's stage modules by ``stage_head`` / ``build_head(..., modules=...)``; copying them is its business.
 """
 from __future__ import annotations
@@ -55,10 +57,11 @@ from torchdecoupled.heads.classify import ClassifierHead, DGLHead, LinearHead
 from torchdecoupled.heads.infopro import InfoProHead, infopro_lambdas, supcon_loss
 from torchdecoupled.heads.auglocal import AugLocalHead, auglocal_head
 from torchdecoupled.heads.lm import FrozenLMHead, LMHead, frozen_lm_head
+from torchdecoupled.heads.man import MANHead, man_dgl_head, man_infopro_head
 
 __all__ = ["AuxHead", "HEADS", "HeadFactory", "make_head", "stage_head", "build_head", "check_factory", "ClassifierHead",
            "LinearHead", "DGLHead", "InfoProHead", "infopro_lambdas", "supcon_loss", "needs_modules", "AugLocalHead",
-           "LMHead", "FrozenLMHead"]
+           "LMHead", "FrozenLMHead", "MANHead"]
 
 
 def _linear(feature_shape, num_classes, input_shape, stage=0, num_stages=2, **kwargs) -> AuxHead:
@@ -78,7 +81,8 @@ def _lm(feature_shape, num_classes, input_shape, stage=0, num_stages=2, **kwargs
 
 
 HEADS: dict[str, Callable[..., AuxHead]] = {"linear": _linear, "dgl": _dgl, "infopro": _infopro,
-                                            "auglocal": auglocal_head, "lm": _lm, "lm_frozen": frozen_lm_head}
+                                            "auglocal": auglocal_head, "lm": _lm, "lm_frozen": frozen_lm_head,
+                                            "man_dgl": man_dgl_head, "man_infopro": man_infopro_head}
 
 
 def needs_modules(head) -> bool:

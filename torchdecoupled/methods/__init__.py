@@ -1,7 +1,7 @@
 """The method registry: name -> factory(**options) -> Method. Semantics: shared/spec/methods.md."""
 from __future__ import annotations
 
-from . import adl, auglocal, bp, ddg, dsp, dtrp, fdg, fr, local, petra
+from . import adl, auglocal, bp, ddg, dsp, dtrp, fdg, fr, local, man, petra
 from .base import Method
 
 METHODS = {
@@ -17,6 +17,7 @@ METHODS = {
     "infopro": local.make_infopro,
     "local": local.make_local,
     "auglocal": auglocal.make,
+    "man": man.make,
 }
 
 

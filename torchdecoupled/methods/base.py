@@ -19,10 +19,11 @@ class Method:
     predictor: str = "none"        # weight prediction for the forward (DTRP)
     head: str = "linear"           # auxiliary head of local learning
     partition: str = "params"      # default partition when the run names none (DTRP: "flops", batch compensation)
+    param_messages: bool = False   # MAN: the next stage's first-layer parameters travel down after every U
 
     def describe(self) -> str:
         opts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                if f.name not in ("name", "paper", "family") and getattr(self, f.name) != f.default]
+                if f.name not in ("name", "paper", "family", "param_messages") and getattr(self, f.name) != f.default]
         return f"{self.name}({', '.join(opts)})" if opts else self.name
 
 

@@ -278,3 +278,10 @@ def test_resume_after_any_tick_is_bit_exact(tmp_path):
         assert_same_params(got, want)
         for a, b in zip(got.buffers(), want.buffers()):
             assert torch.equal(a, b), t
+
+
+def test_compare_refuses_to_put_petra_on_another_network_than_the_others(capsys):
+    from torchdecoupled.cli import main
+    assert main(["compare", "--methods", "bp,petra", "--dataset", "mnist1d", "--stages", "2", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model revnet1d" in err[0]

@@ -75,6 +75,11 @@ def cmd_compare(a) -> int:
         raise ValueError("--methods names no method (e.g. --methods bp,fdg)")
     cfgs = [config_file.to_config({**opts, "method": m, "out": os.path.join(parent, m) if parent else None}).resolved()
             for m in methods]  # every bad value fails here, before the first run
+    models = sorted({c.model for c in cfgs})
+    if len(models) > 1:  # petra's default is the dataset's reversible model: compare one network
+        raise ValueError(f"--methods {','.join(methods)} would train different models ({', '.join(models)}: petra "
+                         f"defaults to the dataset's reversible one): name one with --model, e.g. --model "
+                         f"{next(c.model for c in cfgs if c.method == 'petra')}")
     rows = []
     for cfg in cfgs:
         with _withdrawn_if_refused(cfg.out):

@@ -267,6 +267,7 @@ def format_grid(schedule: Schedule, max_ticks: int | None = None) -> str:
     d = ", ".join(map(str, schedule.delays))
     how = schedule.family + (f", order {schedule.order}" if schedule.family == "decoupled" else "")
     how += f", accumulate {schedule.accumulate}" if schedule.accumulate > 1 else ""
+    how += ", parameters down after U (MAN)" if schedule.params else ""
     lines.append(f"delay d_k = [{d}]   ({how})")
     return "\n".join(lines)
 

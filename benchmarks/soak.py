@@ -30,6 +30,12 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 EXPECTED = {"kill-stage": (1,), "term-launcher": (1, -15), "int-launcher": (130,)}
 
 
+def _default_sigint() -> None:
+    """A process started in the background (``cmd &``, nohup) inherits SIGINT ignored, and Python then
+    keeps it ignored: give the run the default, as a terminal's Ctrl-C would find it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_argv(out: str, a) -> list[str]:
     return [sys.executable, "-m", "torchdecoupled", "train", "--dataset", "mnist1d", "--model", "mlp", "--epochs",
             str(a.epochs), "--batch-size", "50", "--stages", str(a.stages), "--replicas", str(a.replicas),
@@ -75,7 +81,7 @@ def round_(out: str, a, rng: random.Random, first: bool) -> dict:
     """One start (or resume) with one fault; returns what happened."""
     cmd = run_argv(out, a) + ([] if first else ["--resume", out])
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     fault, deadline = rng.choice(sorted(EXPECTED)), time.monotonic() + 60
     while len(_stages(proc.pid)) < a.stages * a.replicas and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # every stage process started: the fault lands in set-up or in training
@@ -134,7 +140,7 @@ def _summary(out: str) -> dict:
 
 def run_to_end(out: str, a, resume: bool) -> dict:
     r = subprocess.run(run_argv(out, a) + (["--resume", out] if resume else []), cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     if r.returncode != 0:
         raise SystemExit(f"{'resuming' if resume else 'the undisturbed run'} failed (exit {r.returncode}): "
                          f"{r.stderr[-2000:]}")
@@ -158,7 +164,7 @@ def report(a, rounds, bad, same, hashes, undisturbed, disturbed_s) -> None:
         f"faults: {faults['kill-stage']} SIGKILL to a random stage process, "
         f"{faults['term-launcher']} SIGTERM and {faults['int-launcher']} SIGINT to the launcher.",
         f"- Every fault ended the run with its documented exit (1; 1, or -15 outside the launcher's watch; 130): "
-        f"{'yes' if not bad else 'no: ' + json.dumps(bad)}; processes left behind: "
+        f"{'yes' if not bad else f'no, {len(bad)} did not: ' + json.dumps(bad[:3])}; processes left behind: "
         f"{sum(len(r['left']) for r in rounds)}; longest stop {max(r['stop_s'] for r in rounds):.2f} s.",
         f"- Every run's final weights equal the undisturbed run's: **{'yes' if same else 'no'}** "
         f"({sum(h == undisturbed['params_sha256'] for h in hashes)} of {len(hashes)}; params_sha256 "

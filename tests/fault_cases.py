@@ -15,6 +15,12 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 TIMEOUT_S = 5  # --timeout: how long a stage waits on a silent peer
 
 
+def _default_sigint() -> None:
+    """A process started in the background (``cmd &``, nohup) inherits SIGINT ignored, and Python then
+    keeps it ignored: give the run the default, as a terminal's Ctrl-C would find it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def argv(out: str, stages: int, replicas: int, engine: str, epochs: int = 6) -> list[str]:
     """A checkpointed MNIST-1D MLP run: 40 batches per epoch, an epoch in a fraction of a second."""
     return [sys.executable, "-m", "torchdecoupled", "train", "--dataset", "mnist1d", "--model", "mlp", "--epochs",
@@ -90,7 +96,7 @@ def interrupt(out: str, stages: int, replicas: int, engine: str, sig: signal.Sig
     Returns what happened: exit code, stderr, seconds from the signal to the exit, leftover processes."""
     rng = random.Random(seed)
     proc = subprocess.Popen(argv(out, stages, replicas, engine), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     try:
         wait_for(lambda: os.path.exists(os.path.join(out, "checkpoint.pt")), 120, "first checkpoint", proc)
         if engine == "dist":
@@ -125,7 +131,7 @@ def interrupt(out: str, stages: int, replicas: int, engine: str, sig: signal.Sig
 def resume(out: str, stages: int, replicas: int, engine: str) -> dict:
     """``--resume out`` to the end; returns summary.json."""
     r = subprocess.run(argv(out, stages, replicas, engine) + ["--resume", out], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     assert r.returncode == 0, r.stderr
     with open(os.path.join(out, "summary.json")) as f:
         return json.load(f)
@@ -134,7 +140,7 @@ def resume(out: str, stages: int, replicas: int, engine: str) -> dict:
 def reference(out: str, stages: int, replicas: int, engine: str) -> str:
     """The uninterrupted run's params_sha256."""
     r = subprocess.run(argv(out, stages, replicas, engine), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     assert r.returncode == 0, r.stderr
     with open(os.path.join(out, "summary.json")) as f:
         return json.load(f)["params_sha256"]

@@ -162,7 +162,7 @@ def test_local_learning_errors_name_the_value_and_the_fix():
         make(num_classes=None)
     with pytest.raises(ValueError, match=r"num_classes must be an integer >= 2 \(got 1\)"):
         make(num_classes=1)
-    with pytest.raises(ValueError, match=r"unknown head 'mlp' \(valid: auglocal, dgl, infopro, linear, lm, lm_frozen; add your own"):
+    with pytest.raises(ValueError, match=r"unknown head 'mlp' \(valid: auglocal, dgl, infopro, linear, lm, lm_frozen, man_dgl, man_infopro; add your own"):
         make(head="mlp")
     with pytest.raises(ValueError, match=r"method 'infopro' takes no option 'head'"):
         make("infopro", head="linear")

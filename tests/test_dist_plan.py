@@ -36,7 +36,7 @@ class RecordingTransport(LocalTransport):
         self.sent = collections.defaultdict(list)  # (src, dst) -> [(key, shape, dtype)]
 
     def send(self, key, tensor):
-        first = tensor[0] if isinstance(tensor, tuple) else tensor  # PETRA's gradient: (activation, gradient)
+        first = tensor[0] if isinstance(tensor, (tuple, list)) else tensor  # PETRA: (activation, gradient); MAN: params
         self.sent[key[1], key[2]].append((key, tuple(first.shape), first.dtype))
         super().send(key, tensor)
 
@@ -51,7 +51,8 @@ def test_plan_is_what_the_simulator_sends(name, K):
     for t in range(run.schedule.num_ticks):
         run_tick(run.schedule, t, lambda a: workers[a.stage].ready(a), lambda a: workers[a.stage].run(a))
     plan = MessagePlan(run.schedule, {}, boundaries(run.modules, run.batches.x), sizes(run), [4, 4, 2], 0,
-                       carries_input=stages[0].carries_input)
+                       carries_input=stages[0].carries_input,
+                       param_shapes={k: s.param_shapes() for k, s in enumerate(stages) if k and run.schedule.params})
     for src in range(K):
         for dst in (src - 1, src + 1):
             if 0 <= dst < K:

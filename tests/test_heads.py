@@ -19,7 +19,7 @@ EXTRA = {"1d_channels": ((6, 10), (2, 40)), "2d_flat_input": ((4, 5, 5), (40,)),
          "2d_odd": ((5, 9, 7), (1, 28, 28))}
 Y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 # heads built from the pipeline's stages (auglocal, lm_frozen) or for token streams (lm): tests/test_heads_new.py
-GENERIC = sorted(set(HEADS) - {"auglocal", "lm", "lm_frozen"})
+GENERIC = sorted(set(HEADS) - {"auglocal", "lm", "lm_frozen", "man_dgl", "man_infopro"})  # man: test_man.py
 
 
 def batch(feature_shape, input_shape, dtype=torch.float32, seed=0):
@@ -264,7 +264,7 @@ def test_custom_head_instance_and_registry_entry():
 
 
 def test_errors_name_the_values_and_the_fix():
-    with pytest.raises(ValueError, match=r"unknown head 'dlg' \(valid: auglocal, dgl, infopro, linear, lm, lm_frozen\)"):
+    with pytest.raises(ValueError, match=r"unknown head 'dlg' \(valid: auglocal, dgl, infopro, linear, lm, lm_frozen, man_dgl, man_infopro\)"):
         make_head("dlg", (4,), 2, (4,))
     with pytest.raises(ValueError, match=r"feature_shape .*\(8, 3, 4, 4\)"):
         make_head("linear", (8, 3, 4, 4), 2, (4,))

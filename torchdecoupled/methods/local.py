@@ -23,6 +23,9 @@ def _checked(m: Method) -> Method:
     if m.head not in HEADS:
         raise ValueError(f"unknown head {m.head!r} (valid: {', '.join(sorted(HEADS))}; add your own to "
                          f"torchdecoupled.heads.HEADS)")
+    if m.head.startswith("man") and not m.param_messages:  # its EMA would never see the next stage
+        raise ValueError(f"head {m.head!r} needs the next stage's parameters every step, which only method 'man' "
+                         f"sends: use --method man --head {m.head}")
     return m
 
 

@@ -7,12 +7,18 @@ not change BP's math). Writes a Markdown report (default docs/lm.md) with the ta
 per stage, and the CNN papers' claims checked on a transformer.
 
     python benchmarks/lm.py [--seeds 0,1,2] [--stages 2,4,8] [--epochs 1] [--workers 2] [--out docs/lm.md]
+
+Every finished run is appended to --results (docs/lm_runs.jsonl); a rerun skips those, and --render
+writes the report from them alone (the seeds every run of which is there).
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import dataclasses
+import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -57,20 +63,49 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="runs at once, one thread each (default 2)")
     p.add_argument("--out", default="docs/lm.md")
     p.add_argument("--only", help="a check: only the rows whose method is in this comma-separated list")
+    p.add_argument("--results", default="docs/lm_runs.jsonl", help="every run's result, one JSON line each: "
+                                                                  "a rerun skips the runs it holds")
+    p.add_argument("--render", action="store_true", help="run nothing: write the report from --results")
     a = p.parse_args()
     ks, seeds = [int(k) for k in a.stages.split(",")], [int(s) for s in a.seeds.split(",")]
     rows = [r for r in rows_available() if not a.only or r[0] in a.only.split(",")]
-    jobs = [("BP", "bp", {}, 1, s, a.epochs, a.precision) for s in seeds]
-    jobs += [(label, m, o, K, s, a.epochs, a.precision) for m, o, label in rows for K in ks for s in seeds]
-    start, results = time.time(), {}
-    ctx = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(a.workers, mp_context=ctx) as pool:
-        for job, r in zip(jobs, pool.map(one, jobs)):
-            results[(job[0], job[3], job[4])] = r
-            print(f"{job[0]} K={job[3]} seed {job[4]}: bpb {r['bpb']:.4f} ({r['seconds']:.0f} s)",
-                  file=sys.stderr, flush=True)
-    wall = time.time() - start
-    write(a, rows, ks, seeds, results, wall)
+    # seed by seed, so that a cut-short table has every cell (--render writes it from the results file)
+    jobs = [job for s in seeds for job in [("BP", "bp", {}, 1, s, a.epochs, a.precision)]
+            + [(label, m, o, K, s, a.epochs, a.precision) for m, o, label in rows for K in ks]]
+    results, wall = load_results(a.results, a.epochs, a.precision)
+    todo = [j for j in jobs if (j[0], j[3], j[4]) not in results]
+    start = time.time()
+    if todo and not a.render:
+        ctx = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(a.workers, mp_context=ctx) as pool, open(a.results, "a") as log:
+            running = {pool.submit(one, j): j for j in todo}
+            for done in futures.as_completed(running):
+                job, r = running[done], done.result()
+                results[(job[0], job[3], job[4])] = r
+                log.write(json.dumps({"label": job[0], "K": job[3], "seed": job[4], "epochs": a.epochs,
+                                      "precision": a.precision, **{k: v for k, v in r.items() if k != "config"},
+                                      "config": dataclasses.asdict(r["config"])}) + "\n")
+                log.flush()
+                print(f"{job[0]} K={job[3]} seed {job[4]}: bpb {r['bpb']:.4f} ({r['seconds']:.0f} s)",
+                      file=sys.stderr, flush=True)
+    wall += time.time() - start
+    done_seeds = [s for s in seeds if all((j[0], j[3], s) in results for j in jobs if j[4] == s)]
+    write(a, rows, ks, done_seeds, results, wall)
+
+
+def load_results(path: str, epochs: int, precision: str) -> tuple[dict, float]:
+    """The runs a results file (JSON lines) already holds for these settings, and their wall seconds / workers."""
+    from torchdecoupled.config import RunConfig
+    results, wall = {}, 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if r["epochs"] == epochs and r["precision"] == precision:
+                    r["config"] = RunConfig(**r["config"])
+                    results[(r["label"], r["K"], r["seed"])] = r
+                    wall += r["seconds"] / 2
+    return results, wall
 
 
 def _bpbs(results, label, K, seeds):

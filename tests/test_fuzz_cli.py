@@ -36,7 +36,12 @@ def tree():
     shutil.rmtree(ROOT, ignore_errors=True)
     make_tree(ROOT)
     load_dataset("digits")
-    yield ROOT
+    here = os.getcwd()
+    os.chdir(ROOT)  # a relative path an input names lands in the tree, not in the repository
+    try:
+        yield ROOT
+    finally:
+        os.chdir(here)
     shutil.rmtree(ROOT, ignore_errors=True)
     if os.environ.get("TORCHDECOUPLED_FUZZ_REPORT"):
         print("\nfuzz outcomes:", dict(sorted(OUTCOMES.items(), key=str)))

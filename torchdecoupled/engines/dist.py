@@ -140,6 +140,8 @@ def payload(job: DistJob, spec, data, val) -> bytes:
     try:
         return cloudpickle.dumps((job, spec, data, val), protocol=5)
     except Exception as e:  # noqa: BLE001 - find the part that fails and name it
+        if isinstance(e, DistributedError):  # SIGTERM while pickling: the launcher's stop, not a bad part
+            raise
         parts = {f"stage {spec.index}'s layers": spec.module, "the optimizer factory": spec.make_opt,
                  "the scheduler factory": spec.make_sched, "the criterion": spec.criterion,
                  f"stage {spec.index}'s head": spec.head, "the head factory": job.head, "the metrics": job.metrics,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import copy
 import os
+import signal
 import socket
 import sys
 from urllib.parse import urlparse
@@ -113,6 +114,8 @@ def run(job: DistJob, specs: list, data, val: list | None, on_epoch=None) -> dic
             if e.config_error:
                 raise ValueError(e.config_error) from e
             print(f"torchdecoupled: {e}", file=sys.stderr, flush=True)
+            if e.peer:
+                _kill_stopped_siblings()
             raise
         return result
     if world > max_local_processes():
@@ -126,6 +129,25 @@ def run(job: DistJob, specs: list, data, val: list | None, on_epoch=None) -> dic
     payloads = (payload(job, specs[r // job.replicas], data if r == 0 else None, val if r == 0 else None)
                 for r in range(world))
     return launch(job, payloads, [_device(job.device, r) for r in range(world)], backend, fault, on_epoch)
+
+
+def _kill_stopped_siblings() -> None:
+    """Under torchrun, SIGKILL the ranks on this machine that are stopped (SIGSTOP, a debugger): torchrun's
+    SIGTERM cannot reach a stopped process, so it would wait its 30 s grace before ending the run. The
+    siblings of a torchrun worker (the children of its agent) are the other ranks of this machine."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    parent, me = os.getppid(), os.getpid()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == parent and state in ("T", "t"):
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError):  # gone meanwhile, or not ours
+            continue
 
 
 def payload(job: DistJob, spec, data, val) -> bytes:

@@ -9,6 +9,9 @@ Per stage holding layers[a:b] (sums over its layers; spec: shared/spec/methods.m
     U = sum u (one SGD step)   + before it, the ring all-reduce of the stage's gradients over D replicas
     message up = the output of layers[b-1]; the gradient down has the same size (none for local methods)
 
+PETRA (activations "reverse") is costed as a recompute plus one more forward for the inverse, and its stored
+inputs as a recompute's: an upper bound, since a reversible stage keeps none (the costs do not say which layers
+are reversible). MAN's parameter message is not timed (one layer's parameters per step).
 ADL's accumulation needs nothing here: its Schedule has fewer U actions. Memory per stage, as
 ``Stage.telemetry.peak_bytes`` counts stored bytes (docs/memory.md), by replaying the Schedule's F, B and U
 (``stored_peak``): with ``stash`` each in-flight batch keeps its saved activations and the weight version it
@@ -54,12 +57,14 @@ def stage_costs(costs: Costs, method: Method, boundaries, link: Link, replicas: 
         L = costs.layers[a:b]
         f, bw, u = sum(c.forward_s for c in L), sum(c.backward_s for c in L), sum(c.update_s for c in L)
         delayed = sched.delay(k) > 0
-        recompute = method.activations == "recompute" and delayed
+        recompute = method.activations in ("recompute", "reverse") and delayed  # reverse: PETRA
         saved = stage_saved_bytes(costs, a, b, last=k == K - 1)
         if method.family == "local" and k < K - 1:
             h = _head(costs, method.head, b - 1)
             f, bw, saved = f + h["forward_s"], bw + h["backward_s"], saved + h["saved_bytes"]
         F, B = f + (u if method.predictor != "none" and recompute else 0.0), bw + (f if recompute else 0.0)
+        if method.activations == "reverse" and delayed:  # PETRA rebuilds its input first: an inverse ~ one F
+            B += f
         trainable = sum(c.trainable_bytes for c in L)
         out.append(StageCost({"F": F, "B": B, "U": u}, link.allreduce(trainable, replicas), L[-1].out_bytes, saved,
                              stage_input_bytes(costs, a), sum(c.param_bytes for c in L), trainable, delayed, recompute))

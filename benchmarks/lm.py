@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("--results", default="docs/lm_runs.jsonl", help="every run's result, one JSON line each: "
                                                                   "a rerun skips the runs it holds")
     p.add_argument("--render", action="store_true", help="run nothing: write the report from --results")
+    p.add_argument("--speed", default="docs/bench_speed.json", help="the speed benchmark's saved run (make bench): "
+                                                                    "its gpt_mini tokens/s go into the report")
     a = p.parse_args()
     ks, seeds = [int(k) for k in a.stages.split(",")], [int(s) for s in a.seeds.split(",")]
     rows = [r for r in rows_available() if not a.only or r[0] in a.only.split(",")]
@@ -138,7 +140,12 @@ def write(a, rows, ks, seeds, results, wall) -> None:
         f"BP is the network on one stage.", "",
         *table, "",
         "Stored bytes per stage (peak, seed 0): what a stage keeps for its in-flight batches.", "", *mem, "",
+        "At K = 2, DDG and FDG (and FR and DSP) give the same numbers, and this is the schedules' maths, not a "
+        "coincidence: stage 0 forwards batch t with the updates of batches up to t-2 in both (FDG applies a gradient "
+        "one tick later, but DDG's stage 0 forwards batch t before it applies batch t-1's), its gradient is taken "
+        "at the weights of that forward in both, and the last stage is the same. From K = 3 on they differ.", "",
         "## The CNN papers' claims on a transformer", "", *claims(rows, ks, seeds, results, ref, bp), "",
+        *speed_section(a.speed),
         f"Command: `python benchmarks/lm.py --seeds {a.seeds} --stages {a.stages} --epochs {a.epochs} "
         f"--precision {a.precision} --workers {a.workers}`; {len(results)} runs in {wall / 60:.1f} minutes with "
         f"{a.workers} at once, {sum(r['cpu_s'] for r in results.values()) / 60:.1f} CPU-minutes in all (one thread "
@@ -147,6 +154,32 @@ def write(a, rows, ks, seeds, results, wall) -> None:
     with open(a.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
+
+
+def speed_section(path: str) -> list[str]:
+    """gpt_mini's tokens/s at K = 2 from the speed benchmark's saved run, side by side, or a pointer to it."""
+    if not os.path.exists(path):
+        return ["Speed: run `make bench` (it measures gpt_mini too) and rerun this with `--render`.", ""]
+    with open(path) as f:
+        saved = json.load(f)
+    run = next((r for r in saved.get("results", []) if r.get("model") == "gpt_mini"), None)
+    if run is None:
+        return [f"Speed: {path} holds no gpt_mini run (`python benchmarks/speed.py --model gpt_mini`).", ""]
+    meta, best = saved.get("meta", {}), {}
+    for name, v in run.get("variants", {}).items():
+        key = v.get("contender", name)
+        if v.get("per_s") and v["per_s"] > best.get(key, 0):
+            best[key] = v["per_s"]
+    bp = best.get("bp_1thread")
+    rows = [f"| {k} | {v:,.0f} | {v / bp:.2f}x |" if bp else f"| {k} | {v:,.0f} | |" for k, v in best.items()]
+    load = meta.get("loadavg_before", [0])[0]
+    return ["## Speed at K = 2 (tokens/s, the distributed engine, side by side in one run)", "",
+            f"`gpt_mini`, batch {run.get('batch')} windows of {run.get('in_shape', ['?'])[0]} tokens, 2 processes x "
+            f"1 thread for the pipelines, medians of {meta.get('repeats')} interleaved repeats; from `{path}` "
+            f"(`{meta.get('command', 'make bench')}`, commit {meta.get('machine', {}).get('commit')}, load average "
+            f"{load:.1f} when it started on {meta.get('machine', {}).get('cpus')} CPUs"
+            f"{': the machine was loaded, the numbers are disturbed' if load > 1.5 else ''}).", "",
+            "| contender | tokens/s | against BP with 1 thread |", "|---|---|---|", *rows, ""]
 
 
 def load_note() -> str:

@@ -18,7 +18,6 @@ The CLI (``torchdecoupled train``) and the speed benchmark build a Pipeline and 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Callable
@@ -27,14 +26,13 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import pipeline_checks as checks
 from . import resume as resuming
-from .config import MAX_SEED, MAX_THREADS, MAX_TIMEOUT, check_device
 from .data.loader import training_data
 from .engines.sim import evaluate, run_sim
 from .evaluation import eval_chunks
 from .heads import FACTORY_FIX, HeadFactory, build_head, check_factory, needs_modules, stage_head
-from .methods import METHODS, get_method
-from .methods.base import Method
+from .methods import get_method
 from .logs import require_tensorboard
 from .metrics import MetricsWriter, epoch_record, lm_keys, machine, params_sha256, progress_bar, write_summary
 from .precision import check_precision
@@ -45,7 +43,6 @@ from .stage import Stage
 from .stagespec import StageSpec
 from .transport import LocalTransport
 
-ENGINES = ("sim", "dist")
 
 
 class Pipeline:
@@ -74,23 +71,23 @@ class Pipeline:
                  timeout: float = 60.0, init_method: str | None = None, threads: int = 1, trace: bool = True,
                  batch_keys: tuple[str, str] = ("x", "y"), precision: str = "float32", token_unit: str | None = None,
                  **method_opts):
-        _check_engine(engine, replicas, timeout, threads)
-        _check_values(method, seed, device, method_opts)
-        _check_parts(scheduler, criterion, boundaries, batch_keys)
+        checks.check_engine(engine, replicas, timeout, threads)
+        checks.check_values(method, seed, device, method_opts)
+        checks.check_parts(scheduler, criterion, boundaries, batch_keys)
         first = next((p for p in model.parameters()), None) if isinstance(model, nn.Module) else None
         self.precision = check_precision(precision, first.dtype if first is not None else None)
-        self.token_unit = _check_unit(token_unit)
+        self.token_unit = checks.check_unit(token_unit)
         if not callable(optimizer):
             raise TypeError(f"optimizer must be a factory, e.g. optimizer=lambda params: torch.optim.SGD(params, "
                             f"lr=0.1) (got {type(optimizer).__name__})")
         factory = None if head is None or isinstance(head, str) else check_factory(head)
         self.method = get_method(method, head=None if factory else head, **method_opts)
-        _check_local(self.method, method, factory, num_classes)
+        checks.check_local(self.method, method, factory, num_classes)
         self.head, self.num_classes = factory or self.method.head, num_classes
         self.model = model
         self.modules = split(model, stages, boundaries=boundaries, balance=balance, sample=sample,
                              recompute=self.method.activations == "recompute")
-        _check_shared(self.modules)
+        checks.check_shared(self.modules)
         warn_if_none_reversible(self.method, self.modules)  # PETRA on a model without reversible stages
         if engine == "dist" and boundaries is None and balance == "time" and stages > 1:
             from .engines.dist import agree_on_cuts
@@ -158,17 +155,17 @@ class Pipeline:
         more extend it, see ``resume.py``); info: what describes the run, stored in the checkpoint and the
         summary. A second fit continues the same stages (optimizer, scheduler and predictor state kept)."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1 (got {_shown(epochs)})")
+            raise ValueError(f"epochs must be an integer >= 1 (got {checks.shown(epochs)})")
         if info is not None and not isinstance(info, dict):
             raise TypeError(f"info must be a dict describing the run, or None (got {type(info).__name__})")
         if on_epoch is not None and not callable(on_epoch):
             raise TypeError(f"on_epoch must be a callable(record) or None (got {type(on_epoch).__name__})")
         for name, path in (("out", out), ("resume", resume)):
             if path is not None and (not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path)):
-                raise TypeError(f"{name} must be a path (without NUL characters) or None (got {_shown(path)})")
+                raise TypeError(f"{name} must be a path (without NUL characters) or None (got {checks.shown(path)})")
         for name, flag in (("progress", progress), ("checkpoint", checkpoint), ("tensorboard", tensorboard)):
             if not isinstance(flag, (bool, int)):
-                raise TypeError(f"{name} must be True or False (got {_shown(flag)})")
+                raise TypeError(f"{name} must be True or False (got {checks.shown(flag)})")
         if checkpoint and not out:
             raise ValueError("checkpoint=True needs out= (the checkpoint is out/checkpoint.pt)")
         if tensorboard and not out:
@@ -329,88 +326,3 @@ class Pipeline:
         if run.get("engine") == "dist":
             out.update(run.get("extra", {}), rank_layout="rank = stage * replicas + replica")
         return out
-
-
-def _check_shared(modules) -> None:
-    """A parameter in two stages (tied weights) would train as two copies, one per stage: refuse it."""
-    owner: dict[int, tuple[int, str]] = {}
-    for k, m in enumerate(modules):
-        for name, p in m.named_parameters(remove_duplicate=False):
-            first = owner.setdefault(id(p), (k, name))
-            if first[0] != k:
-                raise ValueError(f"parameter {first[1]!r} of stage {first[0]} is also {name!r} of stage {k}: a tied "
-                                 f"parameter cannot span stages (each stage trains its own copy); untie it, or cut "
-                                 f"so that its users share a stage (boundaries=[...])")
-
-
-def _check_engine(engine: str, replicas: int, timeout: float, threads: int) -> None:
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r} (valid: {', '.join(ENGINES)})")
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise ValueError(f"replicas must be an integer >= 1 (got {replicas!r})")
-    if replicas > 1 and engine != "dist":
-        raise ValueError(f"replicas={replicas} needs engine='dist' (the simulator runs one replica)")
-    if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and 0 < timeout <= MAX_TIMEOUT):
-        raise ValueError(f"timeout must be greater than 0 and at most {MAX_TIMEOUT:g} seconds (got {timeout!r})")
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}] (got {threads!r})")
-
-
-def _shown(v) -> str:
-    """``v`` for a one-line message: its repr if short, else its type."""
-    text = repr(v)
-    return text if len(text) <= 60 and "\n" not in text else f"a {type(v).__name__}"
-
-
-def _check_parts(scheduler, criterion, boundaries, batch_keys) -> None:
-    for name, fn in (("scheduler", scheduler), ("criterion", criterion)):
-        if fn is not None and not callable(fn):
-            raise TypeError(f"{name} must be a callable or None (got {type(fn).__name__} {fn!r})")
-    if boundaries is not None and not isinstance(boundaries, (list, tuple)):
-        raise TypeError(f"boundaries must be a list of cut points like [2, 5] (got {type(boundaries).__name__})")
-    if not (isinstance(batch_keys, (tuple, list)) and len(batch_keys) == 2 and all(isinstance(k, str) for k in
-                                                                                  batch_keys)):
-        raise TypeError(f"batch_keys must be two str, the input's and the target's keys (got {batch_keys!r})")
-
-
-def _check_values(method, seed, device, method_opts: dict) -> None:
-    """The method's name and options, the seed and the device: their types and ranges, in one line each."""
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a name like 'fdg' (valid: {', '.join(sorted(METHODS))}; got "
-                        f"{type(method).__name__})")
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(Method) if f.name not in ("name", "family", "paper")}
-    for k, v in method_opts.items():
-        kind = kinds.get(k)
-        if v is None or kind is None:  # None: the method's default; an unknown name: get_method names it
-            continue
-        ok = (isinstance(v, (int, float)) if kind is float else isinstance(v, kind)) and not isinstance(v, bool)
-        if not ok:
-            raise TypeError(f"{k} must be {'a number' if kind is float else 'an integer' if kind is int else 'a str'}"
-                            f" (got {_shown(v)})")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**48 - 1] (got {seed!r})")
-    if device is not None:
-        if not isinstance(device, (str, torch.device)):
-            raise TypeError(f"device must be a str like 'cpu' or 'cuda:0' (got {_shown(device)})")
-        check_device(str(device))
-
-
-def _check_unit(unit):
-    """token_unit: what one token of a language model is ("byte", "char", ...), for bits per unit."""
-    if unit is not None and not (isinstance(unit, str) and unit.isidentifier()):
-        raise ValueError(f"token_unit must be a word such as 'byte' or 'char' (it names the metric "
-                         f"bits_per_<unit>), or None (got {unit!r})")
-    return unit
-
-
-def _check_local(method, name: str, factory, num_classes) -> None:
-    if method.family == "local":
-        if num_classes is None:
-            raise ValueError(f"method {name!r} trains stages 0..K-2 on auxiliary heads that classify: "
-                             f"pass num_classes= (e.g. num_classes=10 for digits)")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2 (got {num_classes!r})")
-    elif factory is not None:
-        local = sorted(n for n in METHODS if get_method(n).family == "local")
-        raise ValueError(f"method {name!r} has no auxiliary heads: head= is for the local-learning "
-                         f"methods ({', '.join(local)})")

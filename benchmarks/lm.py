@@ -34,9 +34,9 @@ def one(job: tuple) -> dict:
     """One run in a worker process: its summary and last record."""
     from torchdecoupled.config import RunConfig
     from torchdecoupled.run import train
-    _, method, opts, K, seed, epochs, precision = job
+    _, method, opts, K, seed, epochs, precision, *extra = job  # extra: other RunConfig fields
     cfg = RunConfig(method=method, method_opts=dict(opts), stages=K, dataset="text", epochs=epochs, seed=seed,
-                    precision=precision, progress=False)
+                    precision=precision, progress=False, **(extra[0] if extra else {}))
     start, cpu = time.perf_counter(), time.process_time()
     s = train(cfg)
     return {"bpb": s["test_bits_per_byte"], "train_bpb": s["train_bits_per_byte"], "peaks": s["peak_stored_bytes"],

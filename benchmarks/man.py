@@ -12,13 +12,16 @@ backward) per sample at the training batch size, for every stage k < K-1 and its
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 
 import torch
 
-from torchdecoupled.config import RunConfig
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from local_heads import cell  # noqa: E402  (the same table cells)
+from torchdecoupled.config import RunConfig  # noqa: E402
 from torchdecoupled.data import load_dataset
 from torchdecoupled.heads import stage_head
 from torchdecoupled.heads.flops import head_flops, module_flops
@@ -60,12 +63,6 @@ def stage_ratios(K: int) -> list[dict]:
         rows.append(row)
         x = h
     return rows
-
-
-def cell(accs: list[float], ref: float | None) -> str:
-    m = 100 * statistics.mean(accs)
-    s = f"{m:.1f}" + (f" ± {100 * statistics.stdev(accs):.1f}" if len(accs) > 1 else "")
-    return s + (f" ({m - 100 * ref:+.1f})" if ref is not None else "")
 
 
 def verdict(gaps: dict[str, list[float]]) -> tuple[str, str]:

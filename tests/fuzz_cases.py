@@ -68,6 +68,24 @@ def paths(root: str) -> st.SearchStrategy:
                      st.sampled_from(["/proc/nope", "/proc/self/stat", "/sys/kernel/nope", "/proc", "/dev/null", ""]))
 
 
+@contextlib.contextmanager
+def inside_tree(root: str):
+    """A fresh ``make_tree(root)`` as the working directory (a relative path an input names lands in the
+    tree, not in the repository); removed afterwards. Prints the outcomes with $TORCHDECOUPLED_FUZZ_REPORT."""
+    import shutil
+    shutil.rmtree(root, ignore_errors=True)
+    make_tree(root)
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        yield root
+    finally:
+        os.chdir(here)
+        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("TORCHDECOUPLED_FUZZ_REPORT"):
+            print("\nfuzz outcomes:", dict(sorted(OUTCOMES.items(), key=str)))
+
+
 def make_tree(root: str) -> None:
     """The files ``paths`` names: a plain file, a directory, an earlier run, a bad TOML, a directory named
     like a TOML file, a garbage checkpoint, an empty directory."""

@@ -9,7 +9,6 @@ the OSError Python raises for it, naming the path.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fuzz_cases import OUTCOMES, SCALE, TEXT, Hang, Stop, alarm, make_tree, paths
+from fuzz_cases import OUTCOMES, SCALE, TEXT, Hang, Stop, alarm, inside_tree, paths
 from torchdecoupled import Pipeline
 from torchdecoupled.methods import METHODS
 
@@ -29,18 +28,8 @@ LOADER = [(X[i:i + 8], Y[i:i + 8]) for i in range(0, 32, 8)]
 
 @pytest.fixture(scope="module", autouse=True)
 def tree():
-    import shutil
-    shutil.rmtree(ROOT, ignore_errors=True)
-    make_tree(ROOT)
-    here = os.getcwd()
-    os.chdir(ROOT)  # a relative path an input names lands in the tree, not in the repository
-    try:
-        yield ROOT
-    finally:
-        os.chdir(here)
-    shutil.rmtree(ROOT, ignore_errors=True)
-    if os.environ.get("TORCHDECOUPLED_FUZZ_REPORT"):
-        print("\nfuzz outcomes:", dict(sorted(OUTCOMES.items(), key=str)))
+    with inside_tree(ROOT) as root:
+        yield root
 
 
 def model() -> nn.Sequential:

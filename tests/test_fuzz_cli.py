@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzz_cases import (ANY, OUTCOMES, FLOATS, INTS, SCALE, TEXT, alarm, assert_refused_in_one_line, make_tree, paths,
+from fuzz_cases import (ANY, OUTCOMES, FLOATS, INTS, SCALE, TEXT, alarm, assert_refused_in_one_line, inside_tree, make_tree, paths,
                         run_cli, snapshot)
 from torchdecoupled import config_file
 from torchdecoupled.cli import parser
@@ -32,19 +32,9 @@ TINY = ["--dataset", "digits", "--epochs", "1", "--batch-size", "512", "--stages
 
 @pytest.fixture(scope="module", autouse=True)
 def tree():
-    import shutil
-    shutil.rmtree(ROOT, ignore_errors=True)
-    make_tree(ROOT)
     load_dataset("digits")
-    here = os.getcwd()
-    os.chdir(ROOT)  # a relative path an input names lands in the tree, not in the repository
-    try:
-        yield ROOT
-    finally:
-        os.chdir(here)
-    shutil.rmtree(ROOT, ignore_errors=True)
-    if os.environ.get("TORCHDECOUPLED_FUZZ_REPORT"):
-        print("\nfuzz outcomes:", dict(sorted(OUTCOMES.items(), key=str)))
+    with inside_tree(ROOT) as root:
+        yield root
 
 
 def _actions(command: str) -> list[argparse.Action]:

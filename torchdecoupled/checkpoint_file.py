@@ -11,9 +11,12 @@ A file that cannot be read is refused with a ValueError of one line naming it an
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import signal
+import threading
 
 import torch
 
@@ -65,15 +68,36 @@ def verify(state: dict, path: str) -> dict:
     return rest
 
 
+@contextlib.contextmanager
+def _sigint_after():
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block until it ends: a KeyboardInterrupt inside torch.save
+    would leave torch's zip writer half-closed and raise its own RuntimeError instead. Only in the main thread,
+    and only where SIGINT has a Python handler (ignored stays ignored)."""
+    old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if not callable(old):
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda sig, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if held:
+        old(signal.SIGINT, held[0])  # the default handler raises KeyboardInterrupt: after the file is whole
+
+
 def save(path: str, obj) -> None:
-    """``torch.save(obj)`` to ``path``, atomically; on any exception no ``path + ".tmp"`` is left behind."""
+    """``torch.save(obj)`` to ``path``, atomically; on any exception no ``path + ".tmp"`` is left behind; a
+    Ctrl-C while writing takes effect once the file is written and renamed."""
     tmp = path + ".tmp"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _sigint_after():
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:  # a KeyboardInterrupt too: the previous file stays, the partial one goes
         if os.path.exists(tmp):
             os.remove(tmp)

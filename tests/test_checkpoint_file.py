@@ -163,8 +163,13 @@ def test_ctrl_c_while_a_checkpoint_is_written_takes_effect_once_the_file_is_whol
     monkeypatch.setattr(checkpoint_file.torch, "save", interrupted_save)
     path = str(tmp_path / "checkpoint.pt")
     state = {"w": torch.arange(100000.0)}
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint_file.save(path, state)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even under nohup
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint_file.save(path, state)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, before)
     monkeypatch.setattr(checkpoint_file.torch, "save", real)
     assert torch.equal(checkpoint_file.load(path)["w"], state["w"])
     assert not os.path.exists(path + ".tmp")

@@ -19,7 +19,7 @@ import torch
 from torchdecoupled.build import build_run, build_stage
 from torchdecoupled.config import RunConfig
 from torchdecoupled.engines.sim import run_sim
-from torchdecoupled.stage import saved_bytes
+from torchdecoupled.stage_records import saved_bytes
 from accuracy_recompute import source_state  # benchmarks/ is on sys.path when run as a script
 from torchdecoupled.metrics import machine
 

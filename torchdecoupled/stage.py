@@ -29,13 +29,11 @@ sample count and accuracy follow ``evaluation.py``.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.utils._pytree import tree_leaves
 
 from .boundary import batch_size, detach_tree, grad_leaves, grad_tree, leaves, map_tensors, nbytes, pairs
 from .boundary import require_grad, to_device
@@ -45,45 +43,9 @@ from .methods import Method
 from .precision import autocast, check_precision, eval_forward, to_boundary
 from .reversible import is_reversible, rebuild_input
 from .schedule import Schedule
+from .stage_records import InFlight, Telemetry, saved_bytes, shapes_of
 
 SCHEDULER_INTERVALS = ("epoch", "step")
-
-
-@contextlib.contextmanager
-def saved_bytes(skip):
-    """Count what autograd saves for backward inside the block: yields {storage address: bytes}, one entry
-    per distinct storage, the tensors in ``skip`` (the weights) left out."""
-    skip = {t.untyped_storage().data_ptr() for t in skip}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()  # one storage object per saved tensor: this hook runs for every one
-        ptr = s.data_ptr()
-        if ptr not in skip:
-            saved[ptr] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield saved
-
-
-@dataclass
-class InFlight:
-    version: int                        # updates made before the forward
-    x: object                           # stage input, a Tensor or pytree (kept for recompute, or leaves whose
-                                        # grads go down)
-    root: object                        # output (Tensor or pytree) or loss, with its graph (None: recompute)
-    params: list[torch.Tensor] | None   # the weight snapshot the forward used (stash with delay)
-    nbytes: int = 0                     # stored activation / input bytes (snapshot counted separately)
-
-
-@dataclass
-class Telemetry:
-    staleness: list[tuple[int, int]] = field(default_factory=list)   # (batch, tau)
-    # (b, loss, correct, n samples, number of targets); correct and targets None where accuracy does not apply
-    losses: list[tuple[int, torch.Tensor, torch.Tensor | None, int, int | None]] = field(default_factory=list)
-    peak_bytes: int = 0                  # peak stored bytes over the run
-    epoch_peak_bytes: int = 0            # peak since the last collect
 
 
 class Stage:
@@ -227,8 +189,8 @@ class Stage:
             with autocast(self.precision, self.device):
                 loss = self.criterion(out, y)
         except (IndexError, RuntimeError, ValueError, TypeError) as e:  # e.g. a label outside [0, classes)
-            raise ValueError(f"stage {self.index}: the criterion failed on batch {b} (outputs {_shapes(out)}, targets "
-                             f"{_shapes(y)}): {type(e).__name__}: {e}") from None
+            raise ValueError(f"stage {self.index}: the criterion failed on batch {b} (outputs {shapes_of(out)}, targets "
+                             f"{shapes_of(y)}): {type(e).__name__}: {e}") from None
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"stage {self.index}: the criterion returned {type(loss).__name__}, not a tensor: return "
                             f"the loss as a scalar tensor")
@@ -389,15 +351,3 @@ class Stage:
         t.epoch_peak_bytes = self.stored_bytes
         return out
 
-
-def _shapes(tree) -> str:
-    """Shapes and dtypes of a batch's tensors, with the range of integer ones (labels)."""
-    def one(t):
-        if not isinstance(t, torch.Tensor):
-            return type(t).__name__
-        text = f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
-        if not t.is_floating_point() and t.numel():
-            text += f" in [{int(t.min())}, {int(t.max())}]"
-        return text
-    leaves = tree_leaves(tree)
-    return ", ".join(one(t) for t in leaves) if len(leaves) != 1 else one(leaves[0])

@@ -71,12 +71,12 @@ def dist_table(reps: list[list[dict]], plain: list[float] | None) -> list[str]:
     return lines + [""]
 
 
-def write_doc(path: str, section: list[str]) -> None:
-    """Replace (or add, before "## How it is measured") this script's section of the file."""
+def write_doc(path: str, section: list[str], mark: str = MARK) -> None:
+    """Replace (or add, before "## How it is measured") the section that starts with ``mark``."""
     text = open(path).read() if os.path.exists(path) else ""
     body = "\n".join(section).rstrip() + "\n\n"
-    if MARK in text:
-        head, rest = text.split(MARK, 1)
+    if mark in text:
+        head, rest = text.split(mark, 1)
         nxt = rest.find("\n## ")
         text = head + body + (rest[nxt + 1:] if nxt >= 0 else "")
     elif "\n## How it is measured" in text:

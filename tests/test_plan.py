@@ -90,6 +90,30 @@ def test_oversubscription_shares_the_cores():
     assert period("fdg", 2, cs, cores=1) == pytest.approx(4.0)  # both stages on one core: their sum
 
 
+def test_host_cpu_per_message_byte_adds_to_the_actions_that_send_or_receive():
+    # 3 stages of one layer, each output 1e9 bytes, 1 ns of CPU per byte at each end: 1 s per message end
+    cs = Costs(layers(3, out=10 ** 9), 8, 0)
+    link = Link("cpu-copy", float("inf"), 0.0, 1e-9)
+    from torchdecoupled.plan.profile import stage_costs
+    work = [s.work for s in stage_costs(cs, get_method("fdg"), [1, 2], link)]
+    #          F: act in + act out    B: grad in + grad out    U
+    assert work == [{"F": 1 + 1, "B": 1 + 1, "U": 0.0},        # stage 0: sends up, receives the gradient
+                    {"F": 1 + 2, "B": 1 + 2, "U": 0.0},        # stage 1: both neighbours
+                    {"F": 1 + 1, "B": 1 + 1, "U": 0.0}]        # stage 2: receives, sends the gradient down
+    ar = stage_costs(Costs(layers(2, trainable=10 ** 9), 8, 0), get_method("fdg"), [1], link, replicas=2)
+    assert ar[0].work["U"] == pytest.approx(2 * 1e9 * 1e-9)  # the ring's bytes (1e9 for D = 2) sent and received
+    assert get_link("gloo-local").cpu_per_byte > 0 and get_link("nvlink").cpu_per_byte == 0
+
+
+def test_contention_slows_compute_when_processes_share_a_host():
+    cs = Costs(layers(2), 8, 0)
+    assert period("fdg", 2, cs, cores=2, contention=0.5) == pytest.approx(3.0)
+    assert period("bp", 1, Costs(layers(1), 8, 0), cores=2, contention=0.5) == pytest.approx(2.0)  # one process: none
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="contention must be a fraction"):
+        td.plan(model, torch.randn(2, 4), stages=2, contention=-1)
+
+
 # ---- memory against the engine's telemetry ----------------------------------------------------------------
 
 def tiny():

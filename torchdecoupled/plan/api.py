@@ -21,6 +21,11 @@ from .links import Link, get_link
 from .search import Setup, best_cut, evaluate
 
 # dataset -> (input shape, classes), for zoo models planned without loading the data
+# Processes sharing one host slow each other (shared caches and memory bandwidth): measured on the 2-core
+# development VM, one-thread training loops of a ResNet-20 stage ran 5.5 % slower 2 at a time, 6 % 3 at a
+# time and 7.5 % 4 at a time than alone (thread CPU per step; benchmarks/plan_validate.py --probe).
+CONTENTION = 0.06
+
 DATASET_SHAPES = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "synthetic": ((3, 32, 32), 10),
                   "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10),
                   "mnist1d": ((40,), 10), "folder": ((3, 32, 32), 10)}
@@ -65,14 +70,17 @@ def zoo_inputs(model: str, dataset: str, batch: int, seed: int = 0):
 def plan(model: nn.Sequential, sample: torch.Tensor, target: torch.Tensor | None = None, *,
          stages: int | Iterable[int] = 2, method: str | Method | Iterable = "fdg", replicas: int = 1,
          link: str | Link = "gloo-local", costs: str | Costs | None = None, cores: int | None = None,
-         repeats: int = 3, optimizer: str = "sgd", steps: int = 24) -> list[PlanResult]:
+         repeats: int = 3, optimizer: str = "sgd", steps: int = 24,
+         contention: float | None = None) -> list[PlanResult]:
     """Plan ``model`` (an nn.Sequential of blocks, cut between children) for a batch like ``sample``.
 
     ``stages``: K or several; ``method``: a name, a Method, or several; ``replicas``: D data-parallel
     copies of every stage (each gets ``ceil(batch / D)`` samples); ``link``: a preset of ``links.LINKS``, a
     ``"GB/s,us"`` pair or a Link; ``costs``: a cost file (path) or Costs measured elsewhere, at any batch
     (scaled linearly), else measured here with one thread; ``cores``: the cores the K x D processes share
-    (None: one each). Returns one PlanResult per (method, K), methods outer. Measured here, the costs
+    (None: one each); ``contention``: the fraction by which compute slows while the processes share one
+    host's caches and memory (default: ``CONTENTION`` when ``cores`` is given, else 0). Returns one
+    PlanResult per (method, K), methods outer. Measured here, the costs
     are closest to a stage process's after ``torchdecoupled.engines.malloc.keep_freed_memory()`` (the
     engine's allocator settings; the CLI applies them): otherwise page faults add 10 to 30 % on a CPU."""
     ks = _stages(stages)
@@ -81,6 +89,10 @@ def plan(model: nn.Sequential, sample: torch.Tensor, target: torch.Tensor | None
         raise ValueError(f"replicas must be an integer >= 1 (got {replicas!r})")
     if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int) or cores < 1):
         raise ValueError(f"cores must be an integer >= 1 or None (got {cores!r})")
+    if contention is None:
+        contention = CONTENTION if cores is not None else 0.0
+    if isinstance(contention, bool) or not isinstance(contention, (int, float)) or not 0 <= contention < 10:
+        raise ValueError(f"contention must be a fraction >= 0 such as 0.06 (got {contention!r})")
     link = get_link(link)
     batch = int(sample.shape[0])
     per_replica = math.ceil(batch / replicas)
@@ -93,7 +105,7 @@ def plan(model: nn.Sequential, sample: torch.Tensor, target: torch.Tensor | None
     out = []
     for m in methods:
         for K in ks:
-            setup = Setup(part, m, K, link, replicas, cores, steps, optimizer=optimizer)
+            setup = Setup(part, m, K, link, replicas, cores, steps, optimizer=optimizer, contention=contention)
             best, params = best_cut(setup)
             out.append(PlanResult(
                 m.describe(), K, replicas, batch, best["boundaries"], _blocks(best["boundaries"], n),

@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
     p.add_argument("--save-costs", metavar="FILE", help="write the costs measured here to FILE")
     p.add_argument("--cores", type=int, help="cores the K x D processes share, modelled as time-sharing "
                                              "(default: one core per process)")
+    p.add_argument("--contention", type=float, help="with --cores: the fraction by which compute slows while the "
+                   "processes share the host's caches and memory (default 0.06, measured on a 2-core VM)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per layer, the median kept (default 3)")
     p.add_argument("--out", metavar="DIR", help="write DIR/plan.json and DIR/plan.png")
     p.add_argument("--json", action="store_true", help="print plan.json's content instead of the table")
@@ -74,9 +76,9 @@ def run(a) -> int:
         given = costs_mod.measure(model, sample, target, repeats=a.repeats, model_name=a.model)
         costs_mod.save(given, a.save_costs)
     results = plan(model, sample, target, stages=ks, method=methods, replicas=a.replicas, link=link, costs=given,
-                   cores=a.cores, repeats=a.repeats)
+                   cores=a.cores, repeats=a.repeats, contention=a.contention)
     meta = {"model": a.model, "dataset": a.dataset, "batch": a.batch_size, "link": link.describe(), "cores": a.cores,
-            "costs": a.costs or "measured here", "replicas": a.replicas}
+            "costs": a.costs or "measured here", "replicas": a.replicas, "contention": a.contention}
     if a.json:
         print(json.dumps({**meta, "results": [r.to_dict() for r in results]}))
     else:

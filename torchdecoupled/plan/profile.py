@@ -8,6 +8,8 @@ Per stage holding layers[a:b] (sums over its layers; spec: shared/spec/methods.m
                                + the head's backward (local methods)
     U = sum u (one SGD step)   + before it, the ring all-reduce of the stage's gradients over D replicas
     message up = the output of layers[b-1]; the gradient down has the same size (none for local methods)
+    + the host CPU of each message (``link.cpu_per_byte`` x bytes, at both ends; 0 on device links): F pays for
+      the activation it receives and the one it sends, B for the gradients; U for the all-reduce's bytes
 
 PETRA (activations "reverse") is costed as a recompute plus one more forward for the inverse, and its stored
 inputs as a recompute's: an upper bound, since a reversible stage keeps none (the costs do not say which layers
@@ -66,6 +68,13 @@ def stage_costs(costs: Costs, method: Method, boundaries, link: Link, replicas: 
         if method.activations == "reverse" and delayed:  # PETRA rebuilds its input first: an inverse ~ one F
             B += f
         trainable = sum(c.trainable_bytes for c in L)
+        cpu = link.cpu_per_byte
+        if cpu:
+            down = costs.layers[a - 1].out_bytes if k > 0 else 0   # the activation in, the gradient out
+            up = L[-1].out_bytes if k < K - 1 else 0               # the activation out, the gradient in
+            F += cpu * (down + up)
+            B += cpu * (down + up) if method.family != "local" else 0.0
+            u += cpu * 2 * link.ring_bytes(trainable, replicas)
         out.append(StageCost({"F": F, "B": B, "U": u}, link.allreduce(trainable, replicas), L[-1].out_bytes, saved,
                              stage_input_bytes(costs, a), sum(c.param_bytes for c in L), trainable, delayed, recompute))
     return out

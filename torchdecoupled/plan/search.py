@@ -8,6 +8,7 @@ slower than it in the simulation.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..methods import Method
@@ -33,6 +34,7 @@ class Setup:
     warmup: int = WARMUP
     optimizer: str = "sgd"
     period: str = "max"   # "mean": the speed benchmark's figure over a short window (events.Timing.period)
+    contention: float = 0.0  # compute slows by this fraction while several processes share a host
     _seen: dict = field(default_factory=dict)
 
     @property
@@ -51,6 +53,8 @@ def evaluate(setup: Setup, boundaries) -> dict:
         return setup._seen[key]
     sched = setup.schedule()
     scs = stage_costs(setup.costs, setup.method, key, setup.link, setup.replicas)
+    if setup.contention and setup.stages * setup.replicas > 1:
+        scs = [dataclasses.replace(s, work={op: v * (1 + setup.contention) for op, v in s.work.items()}) for s in scs]
     timing = simulate(sched, [s.work for s in scs], [s.msg_bytes for s in scs], setup.link,
                       allreduce=[s.allreduce for s in scs], cores=setup.cores, weight=setup.replicas)
     period = timing.period(setup.first, setup.steps, setup.period)

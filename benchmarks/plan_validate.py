@@ -11,6 +11,12 @@ It rewrites the validation section of docs/planner.md (the worked examples: benc
 
     python benchmarks/plan_validate.py                   # about 3 minutes on 2 idle cores
     python benchmarks/plan_validate.py --repeats 3 --batch 64 --steps 6
+    python benchmarks/plan_validate.py --probe          # the two host constants the planner uses here (1 minute)
+
+``--probe`` measures what ``plan/links.py`` (``gloo-local``'s host CPU per byte) and ``plan/api.py``
+(``CONTENTION``) hold: two processes passing 1, 4 and 8 MiB tensors over gloo (CPU of all threads per message,
+each end), and 1 to 4 one-thread training loops of a ResNet-20 stage at once (thread CPU per step against one
+alone).
 """
 from __future__ import annotations
 
@@ -235,6 +241,80 @@ def validation_markdown(rows, info, a) -> list[str]:
     return out
 
 
+# ---- --probe: the host constants ---------------------------------------------------------------------------
+
+def _probe_messages(rank: int, port: int, conn) -> None:
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    out = {}
+    for mib in (1, 4, 8):
+        t = torch.randn(mib << 18)
+        for rep in range(2):  # the first round warms the connection
+            dist.barrier()
+            c0 = time.process_time()
+            for _ in range(20):
+                (dist.isend(t, 1) if rank == 0 else dist.irecv(t, 0)).wait()
+            out[mib] = (time.process_time() - c0) / 20
+    dist.barrier()
+    conn.send(out)
+    os._exit(0)
+
+
+def _probe_loop(steps: int, conn) -> None:
+    from torchdecoupled.models import build_model
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = build_model(MODEL, 10, (3, 32, 32))
+    x, y = torch.randn(128, 3, 32, 32), torch.randint(10, (128,))
+    with torch.no_grad():
+        x = net[:4](x)
+    mod = net[4:]
+    opt = torch.optim.SGD(mod.parameters(), lr=0.1, momentum=0.9)
+    times = []
+    for i in range(steps + 3):
+        c0 = time.thread_time()
+        torch.nn.functional.cross_entropy(mod(x.requires_grad_()), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 3:
+            times.append(time.thread_time() - c0)
+    conn.send(statistics.median(times))
+
+
+def _gather(target, args_list) -> list:
+    ctx = mp.get_context("spawn")
+    pipes = [ctx.Pipe(duplex=False) for _ in args_list]
+    procs = [ctx.Process(target=target, args=(*args, w)) for args, (_, w) in zip(args_list, pipes)]
+    for p in procs:
+        p.start()
+    out = [r.recv() for r, _ in pipes]
+    for p in procs:
+        p.join()
+    return out
+
+
+def probe(repeats: int) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    send, recv = _gather(_probe_messages, [(0, port), (1, port)])
+    for mib in send:
+        nbytes = mib << 20
+        print(f"gloo, {mib} MiB: send {send[mib] * 1e3:.2f} ms, receive {recv[mib] * 1e3:.2f} ms of CPU: "
+              f"{send[mib] / nbytes * 1e9:.2f} and {recv[mib] / nbytes * 1e9:.2f} ns per byte")
+    base = {n: [] for n in range(1, 5)}
+    for _ in range(repeats):  # interleaved: 1, 2, 3, 4 at a time
+        for n in base:
+            base[n].append(statistics.mean(_gather(_probe_loop, [(16,)] * n)))
+    alone = statistics.median(base[1])
+    for n, v in base.items():
+        print(f"{n} training loop(s) at once: {statistics.median(v) * 1e3:.1f} ms of CPU per step, "
+              f"{100 * (statistics.median(v) / alone - 1):+.1f} % against one alone")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=64)
@@ -243,7 +323,10 @@ def main() -> None:
     p.add_argument("--cores", type=int, help="cores to model (default: os.cpu_count())")
     p.add_argument("--doc", default="docs/planner.md")
     p.add_argument("--note", default="", help="a sentence about the machine's state, written under the table")
+    p.add_argument("--probe", action="store_true", help="measure the host constants (message CPU, contention) only")
     a = p.parse_args()
+    if a.probe:
+        return probe(a.repeats)
     torch.set_num_threads(1)
     keep_freed_memory()  # measure the costs as the engine's stage processes run (engines/malloc.py)
     rows, info = validate(a)

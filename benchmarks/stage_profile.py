@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead_report import write_doc  # noqa: E402
 
-MARK = "## Where a stage process's CPU goes (profile)"
+MARK = "## Where a stage process's CPU goes: {model}"
 WARMUP = 6
 CUTS = {"resnet20": 4, "resnet56": 11}  # the speed benchmark's time-balanced cuts (docs/speed.md)
 
@@ -198,22 +198,27 @@ def markdown(reps: list[dict], a, elapsed: float) -> list[str]:
     m = machine()
     per = [[breakdown(rep, r) for rep in reps] for r in range(2)]
     med = lambda r, key: statistics.median(b[key] for b in per[r])  # noqa: E731
-    lines = [MARK, "", f"    python benchmarks/stage_profile.py {' '.join(sys.argv[1:])}".rstrip(), "",
+    both = lambda key: [b0[key] + b1[key] for b0, b1 in zip(per[0], per[1])]  # noqa: E731
+
+    def cell(values) -> str:
+        return f"{statistics.median(values):.1f} ({min(values):.1f} to {max(values):.1f})"
+    lines = [MARK.format(model=a.model), "", f"    python benchmarks/stage_profile.py {' '.join(sys.argv[1:])}".rstrip(), "",
              f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, commit {m['commit']}; load average "
              f"{os.getloadavg()[0]:.1f} at the end; {len(reps)} interleaved repeats, {elapsed:.0f} s. {a.model}, "
              f"batch 128, FDG K = 2 cut after block {a.cut}, {a.steps} profiled ticks after {WARMUP} warm-up ticks "
              f"(the plain loops: {a.steps} profiled steps after {WARMUP}). Main-thread CPU ms per tick, medians; "
-             "the profiler is on in every run alike (it adds a few microseconds per op).", "",
+             "the profiler is on in every run alike (it adds a few microseconds per op). Each row: the median "
+             "(min to max) over the repeats of that row's value within one repeat, so the rows need not add up. "
+             "The messages and engine-only rows are read inside the stage process's own profile; the other "
+             "rows compare runs minutes apart and carry the machine's drift.", "",
              "| CPU ms per tick | stage 0 | stage 1 | both |", "|---|---:|---:|---:|"]
     for key, label in ROWS:
-        v = [med(0, key), med(1, key)]
-        lines.append(f"| {label} | {v[0]:.1f} | {v[1]:.1f} | {v[0] + v[1]:.1f} |")
-    eng, alone = med(0, "engine") + med(1, "engine"), med(0, "alone") + med(1, "alone")
-    side = med(0, "side") + med(1, "side")
-    lines += ["", f"Work factor (the plain stages alone / the stage processes): **{alone / eng:.3f}**; of the "
-              f"{eng - alone:.1f} ms per tick, {side - alone:.1f} ms is two processes sharing the machine (which no "
-              f"two-process pipeline avoids: the plain loops beside each other have work factor "
-              f"{alone / side:.3f}) and {eng - side:.1f} ms is the engine's.", ""]
+        lines.append(f"| {label} | {cell([b[key] for b in per[0]])} | {cell([b[key] for b in per[1]])} | "
+                     f"{cell(both(key))} |")
+    work = [a / e for a, e in zip(both("alone"), both("engine"))]
+    pair = [a / s for a, s in zip(both("alone"), both("side"))]
+    lines += ["", f"Work factor (the plain stages alone / the stage processes, within a repeat): **{cell(work)}**; "
+              f"the plain loops beside each other: {cell(pair)}.", ""]
     for r in range(2):
         lines.append(f"- stage {r}, the ops that slow down most (stage process vs plain loop beside the other): "
                      + "; ".join(top_slower(reps, r)) + ".")
@@ -241,7 +246,7 @@ def main() -> None:
     lines = markdown(reps, a, time.time() - t0)
     print("\n".join(lines))
     if a.doc:
-        write_doc(a.doc, lines, MARK)
+        write_doc(a.doc, lines, MARK.format(model=a.model))
 
 
 if __name__ == "__main__":

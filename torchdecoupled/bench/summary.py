@@ -6,11 +6,20 @@ from __future__ import annotations
 from . import claims as claims_mod
 from .docs_tables import acceptance, provenance, section, table_lines
 from .jobs import PIPE
-from .report import batch_words, data_words, markdown, unit_short, verdict
+from .report import TARGETS, batch_words, data_words, markdown, unit_short, verdict
 
 LOADED = 0.5  # a load average per CPU above this before the run: other jobs were running
 DOCS = {"memory": "docs/memory.md", "accuracy": "docs/accuracy.md", "accuracy_methods": "docs/accuracy_methods.md",
         "accuracy_nobn": "docs/accuracy_cnn1d_nobn.md", "lm": "docs/lm.md"}
+
+
+def _met(t: dict) -> str:
+    """": met" / ": missed ..." over the targets measured."""
+    missed = [k for k, goal in TARGETS.items() if k in t and t[k] < goal]
+    if not missed:
+        return ": all met" if any(k in t for k in TARGETS) else ""
+    return ": missed (" + ", ".join(k.replace("_over_", " / ") for k in missed) + "; the measured reasons: " \
+        "docs/speed.md, \"Where a stage process's CPU goes\")"
 
 
 def loaded(meta: dict) -> bool:
@@ -62,8 +71,10 @@ def speed_section(speed: dict | None, figure: str) -> list[str]:
     for r in results:
         t, nan = r["targets"], float("nan")
         out.append(f"- **{r['model']}** ({unit_short(r)}): FDG = {t.get('fdg_over_bp_1thread', nan):.2f}x BP with 1 "
-                   f"thread (target 1.8x), {t.get('fdg_over_best_pipelining', nan):.2f}x the best "
-                   f"torch.distributed.pipelining schedule (target 1.15x).")
+                   f"thread (target {TARGETS['fdg_over_bp_1thread']}x), {t.get('fdg_over_best_pipelining', nan):.2f}x "
+                   f"the best torch.distributed.pipelining schedule (target {TARGETS['fdg_over_best_pipelining']}x); "
+                   f"DTRP = {t.get('dtrp_over_bp_1thread', nan):.2f}x BP (target {TARGETS['dtrp_over_bp_1thread']}x)"
+                   + _met(t) + ".")
     out += ["", *schedules_line(speed), "",
             "Every run, per process (CPU, page faults, time blocked on messages, peak RSS, the loss after the run): "
             "`python benchmarks/speed.py --render docs/bench_speed.json --doc FILE`.", ""]

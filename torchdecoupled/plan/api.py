@@ -22,8 +22,8 @@ from .search import Setup, best_cut, evaluate
 
 # dataset -> (input shape, classes), for zoo models planned without loading the data
 # Processes sharing one host slow each other (shared caches and memory bandwidth): measured on the 2-core
-# development VM, one-thread training loops of a ResNet-20 stage ran 5.5 % slower 2 at a time, 6 % 3 at a
-# time and 7.5 % 4 at a time than alone (thread CPU per step; benchmarks/plan_validate.py --probe).
+# development VM, one-thread training loops of a ResNet-20 stage ran 4.4 to 7.5 % slower 2, 3 or 4 at a time
+# than one alone (thread CPU per step, two probes; benchmarks/plan_validate.py --probe).
 CONTENTION = 0.06
 
 DATASET_SHAPES = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "synthetic": ((3, 32, 32), 10),

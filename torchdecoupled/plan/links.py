@@ -12,8 +12,8 @@ Presets (one direction; nominal figures, not measurements, except ``gloo-local``
 Host CPU per byte (``cpu_per_byte``): a transport that copies through the host's CPU (gloo over TCP) takes CPU
 time at both ends of every message, out of the stages' compute when the processes share the cores. Only
 ``gloo-local`` has it: 0.25 ns per byte at each end, measured on the development VM with two processes passing
-1 to 8 MiB tensors (main thread and gloo's threads together: 8 MiB cost 2.0 ms to send and 1.2 ms to receive,
-benchmarks/plan_validate.py ``--probe``). Device links (NCCL over PCIe or NVLink, RDMA) copy without the CPU: 0.
+1 to 8 MiB tensors (main thread and gloo's threads together: 0.29 to 0.37 ns per byte to send, 0.16 to 0.28 to
+receive; 8 MiB cost 2.0 to 2.4 ms to send and 1.2 to 1.3 ms to receive; benchmarks/plan_validate.py ``--probe``). Device links (NCCL over PCIe or NVLink, RDMA) copy without the CPU: 0.
 
 Or numbers: ``"BW,LAT"``, bandwidth in GB/s (1e9 bytes/s) and latency in microseconds, e.g. ``"25,10"``
 (no host CPU per byte).

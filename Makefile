@@ -21,7 +21,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# BENCHMARKS.md: quick (< 5 min) by default; `make bench FULL=1` re-measures everything (about an hour)
+# BENCHMARKS.md: quick (< 5 min) by default; `make bench FULL=1` re-measures everything (about half an hour)
 bench: install
 	$(BIN)/python benchmarks/report.py $(if $(FULL),--full,)
 

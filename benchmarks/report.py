@@ -5,12 +5,12 @@ it exists), and each of the papers' claims marked holds / does not hold here.
 Quick mode (the default, `make bench`; under 5 minutes on a quiet 2-core machine): the speed run on
 ResNet-20 and gpt_mini, 2 interleaved repeats of 2 steps, 4 micro-batches for every pipelining schedule;
 memory and accuracy are quoted from the docs files that hold them. Full mode (`--full`, `make bench
-FULL=1`; about an hour): ResNet-20, ResNet-56 and gpt_mini, 5 repeats of 4 steps, the best of 2, 4, 8
+FULL=1`; about half an hour): ResNet-20, ResNet-56 and gpt_mini, 5 repeats of 8 steps, the best of 2, 4, 8
 micro-batches; benchmarks/memory.py and benchmarks/accuracy.py (3 seeds) rerun, rewriting docs/memory.md
 and docs/accuracy.md; the other tables quoted.
 
     python benchmarks/report.py                 # quick: BENCHMARKS.md, docs/bench_*.png, docs/bench_speed.json
-    python benchmarks/report.py --full          # about an hour
+    python benchmarks/report.py --full          # about half an hour
     python benchmarks/report.py --speed-from docs/bench_speed.json   # measure nothing: render again
 """
 from __future__ import annotations
@@ -29,13 +29,13 @@ from torchdecoupled.metrics import machine
 
 MODES = {
     "quick": dict(models=("resnet20", "gpt_mini"), repeats=2, warmup=1, steps=2, microbatches=(4,), rerun=()),
-    "full": dict(models=("resnet20", "resnet56", "gpt_mini"), repeats=5, warmup=2, steps=4, microbatches=(2, 4, 8),
+    "full": dict(models=("resnet20", "resnet56", "gpt_mini"), repeats=5, warmup=4, steps=8, microbatches=(2, 4, 8),
                  rerun=("memory", "accuracy")),
 }
 MODE_WORDS = {
     "quick": "speed re-measured: ResNet-20 and gpt_mini, 2 interleaved repeats of 2 steps, 4 micro-batches for "
              "every pipelining schedule; memory and accuracy quoted from docs/",
-    "full": "speed re-measured: ResNet-20, ResNet-56 and gpt_mini, 5 interleaved repeats of 4 steps, the best of "
+    "full": "speed re-measured: ResNet-20, ResNet-56 and gpt_mini, 5 interleaved repeats of 8 steps, the best of "
             "2, 4, 8 micro-batches per schedule; memory (benchmarks/memory.py) and MNIST-1D accuracy "
             "(benchmarks/accuracy.py, 3 seeds) re-measured; the other accuracy tables quoted",
 }
@@ -104,7 +104,7 @@ def figures(root: str, speed: dict | None, docs: dict) -> dict:
 
 def main(argv: list[str] | None = None, bench=bench_model) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--full", action="store_true", help="the full mode: about an hour (default: quick, < 5 min)")
+    p.add_argument("--full", action="store_true", help="the full mode: about half an hour (default: quick, < 5 min)")
     p.add_argument("--root", default=".", help="the repository: docs/ read and figures written there")
     p.add_argument("--out", default="BENCHMARKS.md", help="the report, relative to --root")
     p.add_argument("--speed-from", metavar="FILE", help="measure no speed: the speed run saved in FILE")

@@ -1,4 +1,4 @@
-"""Speed benchmark (issue 4): images/s of BP (1 and 2 threads), FDG / ADL / DTRP on the distributed engine
+"""Speed benchmark: images/s of BP (1 and 2 threads), FDG / ADL / DTRP on the distributed engine
 (2 processes x 1 thread) and every torch.distributed.pipelining schedule (GPipe, 1F1B, Interleaved1F1B,
 LoopedBFS, InterleavedZeroBubble, ZBVZeroBubble, DualPipeV) on the same processes, side by side, medians
 of interleaved repeats, steady state only; tokens/s for a language model (--model gpt_mini). The

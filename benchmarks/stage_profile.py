@@ -200,8 +200,8 @@ def markdown(reps: list[dict], a, elapsed: float) -> list[str]:
     med = lambda r, key: statistics.median(b[key] for b in per[r])  # noqa: E731
     both = lambda key: [b0[key] + b1[key] for b0, b1 in zip(per[0], per[1])]  # noqa: E731
 
-    def cell(values) -> str:
-        return f"{statistics.median(values):.1f} ({min(values):.1f} to {max(values):.1f})"
+    def cell(values, digits: int = 1) -> str:
+        return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f} to {max(values):.{digits}f})"
     lines = [MARK.format(model=a.model), "", f"    python benchmarks/stage_profile.py {' '.join(sys.argv[1:])}".rstrip(), "",
              f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, commit {m['commit']}; load average "
              f"{os.getloadavg()[0]:.1f} at the end; {len(reps)} interleaved repeats, {elapsed:.0f} s. {a.model}, "
@@ -217,8 +217,8 @@ def markdown(reps: list[dict], a, elapsed: float) -> list[str]:
                      f"{cell(both(key))} |")
     work = [a / e for a, e in zip(both("alone"), both("engine"))]
     pair = [a / s for a, s in zip(both("alone"), both("side"))]
-    lines += ["", f"Work factor (the plain stages alone / the stage processes, within a repeat): **{cell(work)}**; "
-              f"the plain loops beside each other: {cell(pair)}.", ""]
+    lines += ["", f"Work factor (the plain stages alone / the stage processes, within a repeat): **{cell(work, 3)}**; "
+              f"the plain loops beside each other: {cell(pair, 3)}.", ""]
     for r in range(2):
         lines.append(f"- stage {r}, the ops that slow down most (stage process vs plain loop beside the other): "
                      + "; ".join(top_slower(reps, r)) + ".")
@@ -232,6 +232,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--doc", help="write the section into this Markdown file (e.g. docs/speed.md)")
+    p.add_argument("--details", metavar="FILE", help="also write every repeat's profiles as JSON")
     a = p.parse_args()
     if a.cut is None:
         if a.model not in CUTS:
@@ -243,6 +244,9 @@ def main() -> None:
             reps.append(one_repeat(a, tmp, i))
             b = [breakdown(reps[-1], r) for r in range(2)]
             print(f"repeat {i + 1}: " + json.dumps([{k: round(v, 1) for k, v in x.items()} for x in b]), flush=True)
+    if a.details:
+        with open(a.details, "w") as f:
+            json.dump({"argv": sys.argv[1:], "repeats": reps}, f)
     lines = markdown(reps, a, time.time() - t0)
     print("\n".join(lines))
     if a.doc:

@@ -206,3 +206,15 @@ def test_docs_tables_read_the_benchmarks_tables():
     assert docs_tables.memory_rows(MEMORY)[1] == {"K": 4, "method": "dsp", "partition": "params",
                                                   "stage0_live_mb": 400.0, "stage0_mb": 3.0}
     assert not summary.loaded({"machine": {"cpus": 2}, "loadavg_before": [0.3], "loadavg_after": [2.2]})
+
+
+def test_targets_verdict_names_what_is_missed():
+    from torchdecoupled.bench.report import TARGETS
+    from torchdecoupled.bench.summary import _met
+    res = {"per_s": {"bp_1thread": 100.0, "fdg": 195.0, "dtrp": 140.0, "pipelining_1f1b": 160.0}, "best": {}}
+    t = bench.verdict(res)
+    assert t == {"fdg_over_bp_1thread": 1.95, "dtrp_over_bp_1thread": 1.4, "fdg_over_best_pipelining": 1.219}
+    assert TARGETS == {"fdg_over_bp_1thread": 1.9, "dtrp_over_bp_1thread": 1.5, "fdg_over_best_pipelining": 1.2}
+    assert _met(t).startswith(": missed (dtrp / bp_1thread;")
+    assert _met({**t, "dtrp_over_bp_1thread": 1.5}) == ": all met"
+    assert _met({}) == ""

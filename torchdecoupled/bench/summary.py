@@ -48,7 +48,7 @@ def header(meta: dict, speed_meta: dict | None) -> list[str]:
             f"{meta['elapsed_s']:.0f} s in all. Sections that this run did not re-measure quote the docs file they "
             "come from, with the command, machine and commit that made it.", "",
             "Modes: `make bench` is the quick mode (under 5 minutes on a quiet 2-core machine: the speed run "
-            "re-measured, the rest quoted); `make bench FULL=1` the full one (about an hour: the speed run on "
+            "re-measured, the rest quoted); `make bench FULL=1` the full one (about half an hour: the speed run on "
             "three models, memory and the MNIST-1D accuracy of docs/accuracy.md re-measured).", ""]
     return out
 

@@ -167,8 +167,8 @@ def report(results: list[dict], meta: dict) -> str:
     out = ["# Speed: images/s (tokens/s for a language model), K = 2 on this machine\n",
            f"    {meta['command']}\n",
            f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, commit "
-           f"{m['commit']} (plus the working tree of this change); load average {meta['loadavg_before'][0]:.2f} "
-           f"before, {meta['loadavg_after'][0]:.2f} after (other jobs share this machine); {meta['elapsed_s']:.0f} s "
+           f"{m['commit']} ; load average {meta['loadavg_before'][0]:.2f} "
+           f"before, {meta['loadavg_after'][0]:.2f} after; {meta['elapsed_s']:.0f} s "
            f"in all (" + ", ".join(f"{r['model']} {r.get('elapsed_s', 0):.0f} s" for r in results) + ").\n",
            f"Batch {batch_words(results)}, K = {meta['stages']}, " + data_words(results) + "; "
            f"rates are medians of {meta['repeats']} interleaved runs, each timed over {meta['steps']} steady "

@@ -32,8 +32,7 @@ def loaded(meta: dict) -> bool:
 
 def _where(meta: dict) -> str:
     m = meta["machine"]
-    return (f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, commit {m['commit']}"
-            f" (plus the working tree)")
+    return (f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, commit {m['commit']}")
 
 
 def header(meta: dict, speed_meta: dict | None) -> list[str]:

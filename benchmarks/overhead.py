@@ -306,7 +306,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     section = [MARK, "", "    python benchmarks/overhead.py " + " ".join(sys.argv[1:]), "",
                f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, commit {m['commit']}; load average "
-               f"{load:.1f} at the end (other jobs share this machine); {a.repeats} interleaved repeats, "
+               f"{load:.1f} at the end; {a.repeats} interleaved repeats, "
                f"{time.time() - t_start:.0f} s. CPU time of one thread (`time.thread_time_ns`); medians, "
                f"(min-max) over the repeats. The component rows are timed in a separate instrumented run: "
                f"each includes its timers' own cost (a few microseconds a call) and the cold caches after the "

@@ -40,8 +40,9 @@ def run(dataset, model, method, K, bs, lr, epochs, seed) -> float:
     return acc
 
 
-def stage_ratios(dataset, model_name, K, bs) -> list[dict]:
-    """Per stage k < K-1: its FLOPs per sample and each method's head FLOPs per sample."""
+def stage_ratios(dataset, model_name, K, bs, heads=None) -> list[dict]:
+    """Per stage k < K-1: its FLOPs per sample and each head's FLOPs per sample; ``heads``: (key, head name)
+    pairs (default: this script's methods, each its own head)."""
     data = load_dataset(dataset)
     torch.manual_seed(0)
     model = build_model(model_name, data.num_classes, data.in_shape)
@@ -53,9 +54,8 @@ def stage_ratios(dataset, model_name, K, bs) -> list[dict]:
         with torch.no_grad():
             h = stages[k].eval()(x)
         stages[k].train()
-        for method, _ in METHODS:
-            head = stage_head(method, stages, k, x0, data.num_classes, seed=0)
-            stage[method] = head_flops(head, h, y, x0)
+        for key, name in heads or [(m, m) for m, _ in METHODS]:
+            stage[key] = head_flops(stage_head(name, stages, k, x0, data.num_classes, seed=0), h, y, x0)
         rows.append(stage)
         x = h
     return rows
@@ -188,13 +188,18 @@ def write(a, seeds, epochs, results, flops, wall, cpu, cost=None) -> None:
     lines += ["```", ""]
     if cost:
         lines += [f"Training run (`python benchmarks/local_heads.py`, the defaults): {cost}", ""]
-    lines += ["Command: `" + " ".join(["python", "benchmarks/local_heads.py", *sys.argv[1:]]) + "`  ",
-              f"Machine: {m['platform']}, {m['cpus']} CPUs (shared with other work), Python {m['python']}, "
-              f"torch {m['torch']}, commit {m['commit']}; {cpu:.0f} s of CPU, {wall:.0f} s wall"
-              + (" (FLOPs only; the accuracies are from the log)." if a.accuracies else "."), ""]
+    lines += footer("benchmarks/local_heads.py", m, cpu, wall, a.accuracies)
     with open(a.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
+
+
+def footer(script: str, m: dict, cpu: float, wall: float, from_log) -> list[str]:
+    """The command and machine lines under a report."""
+    return ["Command: `" + " ".join(["python", script, *sys.argv[1:]]) + "`  ",
+            f"Machine: {m['platform']}, {m['cpus']} CPUs (shared with other work), Python {m['python']}, "
+            f"torch {m['torch']}, commit {m['commit']}; {cpu:.0f} s of CPU, {wall:.0f} s wall"
+            + (" (FLOPs only; the accuracies are from the log)." if from_log else "."), ""]
 
 
 if __name__ == "__main__":

@@ -20,14 +20,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local_heads import cell  # noqa: E402  (the same table cells)
+import local_heads  # noqa: E402
+from local_heads import cell, footer  # noqa: E402  (the same table cells and provenance lines)
 from torchdecoupled.config import RunConfig  # noqa: E402
-from torchdecoupled.data import load_dataset
-from torchdecoupled.heads import stage_head
-from torchdecoupled.heads.flops import head_flops, module_flops
 from torchdecoupled.metrics import machine
-from torchdecoupled.models import build_model
-from torchdecoupled.partition import split
 
 # (label, method, head): each MAN row next to the method whose head it wraps
 METHODS = [("DGL", "dgl", "dgl"), ("MAN (DGL head)", "man", "man_dgl"), ("InfoPro", "infopro", "infopro"),
@@ -48,21 +44,7 @@ def run(label, method, head, K, epochs, seed) -> float:
 
 def stage_ratios(K: int) -> list[dict]:
     """Per stage k < K-1: its FLOPs per sample and each head's FLOPs per sample."""
-    data = load_dataset(DATASET)
-    torch.manual_seed(0)
-    stages = split(build_model(MODEL, data.num_classes, data.in_shape), K, balance="uniform")
-    x0, y = data.train_x[:BS], data.train_y[:BS]
-    rows, x = [], x0
-    for k in range(K - 1):
-        row = {"k": k, "stage": module_flops(stages[k], x)}
-        with torch.no_grad():
-            h = stages[k].eval()(x)
-        stages[k].train()
-        for label, _, head in METHODS:
-            row[label] = head_flops(stage_head(head, stages, k, x0, data.num_classes, seed=0), h, y, x0)
-        rows.append(row)
-        x = h
-    return rows
+    return local_heads.stage_ratios(DATASET, MODEL, K, BS, heads=[(label, head) for label, _, head in METHODS])
 
 
 def verdict(gaps: dict[str, list[float]]) -> tuple[str, str]:
@@ -164,10 +146,7 @@ def write(a, results, flops, wall, cpu) -> None:
     lines += ["Per-run test accuracies:", "", "```"]
     for (label, K), accs in results.items():
         lines += [f"{label:20} K={K:<2} seed {s}  test_acc {acc:.4f}" for s, acc in zip(a.seeds.split(","), accs)]
-    lines += ["```", "", "Command: `" + " ".join(["python", "benchmarks/man.py", *sys.argv[1:]]) + "`  ",
-              f"Machine: {m['platform']}, {m['cpus']} CPUs (shared with other work), Python {m['python']}, "
-              f"torch {m['torch']}, commit {m['commit']}; {cpu:.0f} s of CPU, {wall:.0f} s wall"
-              + (" (FLOPs only; the accuracies are from the log)." if a.accuracies else "."), ""]
+    lines += ["```", ""] + footer("benchmarks/man.py", m, cpu, wall, a.accuracies)
     with open(a.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

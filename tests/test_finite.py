@@ -15,7 +15,7 @@ from torchdecoupled import checkpoint
 from torchdecoupled.cli import main
 from torchdecoupled.config import RunConfig
 from torchdecoupled.engines.dist import DistributedError
-from torchdecoupled.finite import NonFiniteError
+from torchdecoupled.finite import SMALL, NonFiniteError, all_finite
 from torchdecoupled.metrics import MetricsWriter, write_summary
 from torchdecoupled.run import train
 
@@ -124,6 +124,69 @@ def test_a_parameter_made_infinite_by_the_update_is_named(engine):
     with raises(engine, r"stage 1: after the update of batch 0 \(tick 1\), parameter '\w+\.weight' is (nan|inf): "
                         r".* \(lr inf\)$"):
         fit(mlp(), data(), last_lr=math.inf, engine=engine)
+
+
+NAN, INF = math.nan, math.inf
+BIG = torch.linspace(-1, 1, SMALL)  # summed, not scanned
+OVERFLOWS = torch.full((SMALL,), 3e38)  # finite elements whose sum is inf: aminmax decides
+
+
+def _with(t, value, at=7):
+    t = t.clone()
+    t.view(-1)[at] = value
+    return t
+
+
+# tensors -> all finite? (small ones are scanned in one call per device and dtype, large ones summed)
+ALL_FINITE = [
+    ([torch.randn(3)], True),
+    ([torch.tensor([1.0, NAN])], False),
+    ([torch.tensor(-INF)], False),                                   # a 0-d loss
+    ([BIG], True),
+    ([OVERFLOWS], True),
+    ([_with(OVERFLOWS, NAN)], False),
+    ([BIG, _with(BIG, -INF)], False),
+    ([BIG, torch.tensor([NAN])], False),                             # small bad, large good
+    ([torch.randn(5), _with(BIG, INF)], False),                      # small good, large bad
+    ([torch.randn(3).expand(4, 3)], True),                           # a view the kernel cannot write back
+    ([torch.tensor([NAN]).expand(4)], False),
+    ([torch.randint(0, 5, (4,))], True),                             # integers are skipped
+    ([torch.tensor([complex(1, NAN)])], False),
+    ([torch.randn(3, dtype=torch.complex64)], True),
+    ([torch.randn(3, dtype=torch.bfloat16), torch.randn(3, dtype=torch.float64)], True),
+    ([torch.randn(3, dtype=torch.bfloat16), torch.tensor([INF], dtype=torch.float64)], False),
+    ([torch.randn(3).to(torch.float8_e4m3fn)], True),                # a dtype the kernel lacks
+    ([torch.tensor([NAN]).to(torch.float8_e5m2)], False),
+    ([None, torch.empty(0)], True),
+    ([], True),
+]
+
+
+def _bits(t):
+    return t.view(torch.uint8) if t.dtype.itemsize == 1 else t.view(torch.float64) if t.is_complex() else t
+
+
+@pytest.mark.parametrize("i", range(len(ALL_FINITE)))
+def test_all_finite_table(i):
+    tensors, want = ALL_FINITE[i]
+    before = [t.clone() for t in tensors if t is not None]
+    assert all_finite(tensors) is want
+    after = [t for t in tensors if t is not None]
+    assert all(torch.equal(_bits(a), _bits(b)) or not want for a, b in zip(after, before))  # values unchanged
+
+
+def test_the_scan_leaves_autograd_alone():
+    """The checked loss, parameters and BatchNorm statistics keep their values and version counters: a
+    backward after the check works."""
+    bn, w = nn.BatchNorm1d(4), nn.Parameter(torch.randn(4))
+    loss = (bn(torch.randn(8, 4)) * w).sum()
+    tensors = [loss, w, bn.running_mean, bn.running_var]
+    versions, values = [t._version for t in tensors], [t.detach().clone() for t in tensors]
+    assert all_finite(tensors)
+    assert [t._version for t in tensors] == versions
+    assert all(torch.equal(t, v) for t, v in zip(tensors, values))
+    loss.backward()
+    assert w.grad is not None
 
 
 def test_a_finite_run_is_unchanged_by_the_checks(monkeypatch):

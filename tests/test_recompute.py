@@ -232,3 +232,37 @@ def test_dtrp_resumes_bit_exact_with_its_predictor_state(tmp_path, monkeypatch, 
     assert main([*base, "--out", str(b), "--resume", after(a, 1)]) == 0  # stopped after epoch 1 of 3
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["params_sha256"] == sb["params_sha256"]
+
+
+class ShortEvery3rd:
+    """tiny_data's batches, every third one cut to 5 rows: two input shapes."""
+
+    def __init__(self, batches):
+        self.inner, self.per_epoch = batches, batches.per_epoch
+
+    def get(self, b):
+        x, y = self.inner.get(b)
+        return (x[:5], y[:5]) if b % 3 == 2 else (x, y)
+
+
+def test_stash_counts_saved_bytes_once_per_input_shape_and_equal_to_a_count_every_batch():
+    """A Stage counts what a forward saves (saved-tensor hooks) at the first forward of each input shape and
+    reuses the count: every in-flight batch's bytes equal those of a stage that counts at every forward."""
+    batches = ShortEvery3rd(tiny_data())
+    runs = []
+    for recount in (False, True):
+        stages, schedule = cut_stages("fdg", 3, tiny_model(), batches, 12, [2, 4])
+        seen = []
+
+        def look(t, stages=stages):
+            seen.append([{b: r.nbytes for b, r in s.inflight.items()} for s in stages])
+            for s in stages:
+                if recount:
+                    s._saved.clear()
+        run_sim(stages, schedule, batches, on_tick=look)
+        runs.append((seen, [s.telemetry.peak_bytes for s in stages], [len(s._saved) for s in stages]))
+    (cached, peaks, keys), (counted, peaks_counted, _) = runs
+    assert cached == counted and peaks == peaks_counted
+    assert keys == [2, 2, 2]  # the 8-row and the 5-row shapes
+    sizes = {n for tick in cached for n in tick[0].values()}
+    assert len(sizes) == 2 and all(n > 0 for n in sizes)  # stage 0 saves less for a 5-row batch

@@ -23,6 +23,8 @@ def is_leaf(v) -> bool:
 
 def leaves(tree) -> list:
     """The leaves of ``tree`` in order (None counts as a leaf)."""
+    if tree is None or isinstance(tree, torch.Tensor):  # the usual boundary, without pytree's walk
+        return [tree]
     return tree_flatten(tree, is_leaf=is_leaf)[0]
 
 
@@ -33,6 +35,8 @@ def carries_grad(t) -> bool:
 
 def map_tensors(fn, tree):
     """``tree`` with ``fn`` applied to every tensor leaf."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
     return tree_map(lambda v: fn(v) if isinstance(v, torch.Tensor) else v, tree, is_leaf=is_leaf)
 
 
@@ -48,6 +52,8 @@ def clone_tree(tree):
 
 def require_grad(tree):
     """``tree`` with every floating leaf a fresh ``detach().requires_grad_(True)`` leaf, the rest unchanged."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().requires_grad_(True) if carries_grad(tree) else tree
     return tree_map(lambda v: v.detach().requires_grad_(True) if carries_grad(v) else v, tree, is_leaf=is_leaf)
 
 
@@ -69,6 +75,8 @@ def grad_leaves(tree) -> list[torch.Tensor]:
 def grad_tree(like, grads):
     """A gradient for ``like``: its structure, ``grads`` (one per ``grad_leaves(like)``, in order; None
     becomes zeros, since a receiver expects a tensor) at the floating leaves, None at the others."""
+    if isinstance(like, torch.Tensor) and carries_grad(like):
+        return torch.zeros_like(like) if grads[0] is None else grads[0]
     flat, spec = tree_flatten(like, is_leaf=is_leaf)
     it = iter(grads)
     out = []
@@ -84,6 +92,8 @@ def grad_tree(like, grads):
 def pairs(out, grad) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The (roots, gradients) of a backward from output ``out`` with gradient ``grad`` (same structure):
     the floating leaves that have a gradient and are part of a graph."""
+    if isinstance(out, torch.Tensor) and isinstance(grad, torch.Tensor):
+        return ([out], [grad]) if carries_grad(out) and out.requires_grad else ([], [])
     outs, spec = tree_flatten(out, is_leaf=is_leaf)
     grads, gspec = tree_flatten(grad, is_leaf=is_leaf)
     if gspec != spec:

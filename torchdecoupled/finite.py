@@ -3,11 +3,13 @@ JSON files hold ``null`` where a number is not finite.
 
 A Stage checks, once per action, what it makes: at F the loss it computes (the last stage's, a local head's),
 the activation it sends up and its buffers (BatchNorm's running statistics move at F), at B the gradient it
-sends down, at U its parameters after ``optimizer.step()``. Each check takes every large tensor's sum and one
-sum over the small ones concatenated (a nan or an inf propagates; integer tensors are skipped, they are always
-finite) and one ``isfinite(...).all()`` over them: one host sync per action; only
-where a sum is not finite (also when finite elements overflow it) do the smallest and largest elements
-(``torch.aminmax``) decide. The first failure
+sends down, at U its parameters after ``optimizer.step()``. Small tensors (biases, BatchNorm's statistics, the
+loss: below ``SMALL`` elements) are scanned element by element in one call per device and dtype,
+``torch._amp_foreach_non_finite_check_and_unscale_`` with a scale of 1 (the kernel behind ``GradScaler``: it
+writes every value back unchanged and bumps no version counter); each large tensor is summed (a nan or an
+inf propagates; 3x faster than ``aminmax``), and only where a sum is not finite (also when finite elements
+overflow it) do its smallest and largest elements (``torch.aminmax``) decide. Integer tensors are skipped
+(always finite). One host sync per action. The first failure
 raises :class:`NonFiniteError` naming the stage, the action, the batch, the tick and the tensor; the run stops
 there, so no epoch record and no checkpoint is written from a poisoned state (the last checkpoint is the last
 finite one). What a stage receives is not checked again: its sender did.
@@ -28,30 +30,57 @@ class NonFiniteError(ValueError):
 
 
 def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """Whether every element of every tensor is finite (None and empty tensors skipped); one host sync.
-
-    First each tensor's sum (3x faster than ``aminmax`` on a large float tensor): a nan or an inf element makes
-    it non-finite, so finite sums prove every element finite. Only when a sum is not (a real nan or inf, or
-    finite elements that overflow the sum) do the smallest and largest elements decide."""
+    """Whether every element of every tensor is finite (None and empty tensors skipped); one host sync."""
     ts = [torch.view_as_real(t) if t.is_complex() else t for t in tensors
           if t is not None and t.numel() and (t.is_floating_point() or t.is_complex())]  # integers are finite
-    if not ts or bool(torch.isfinite(torch.stack(_sums(ts))).all()):
+    if not ts:
         return True
-    ends = [e for t in ts for e in torch.aminmax(t)]
+    big = [t for t in ts if t.numel() >= SMALL]
+    flags = _scan([t for t in ts if t.numel() < SMALL] if big else ts, big)  # 1: a nan or an inf
+    scanned = len(flags)
+    if big:  # x * 0: 0 where x is finite, nan where it is not
+        flags.append((torch.stack([_wide(t).sum() for t in big]).float().sum() * 0).reshape(1))
+    if (flags[0] if len(flags) == 1 else torch.cat([f.to(flags[0].device) for f in flags]).sum()).item() == 0:
+        return True
+    if any(f.item() for f in flags[:scanned]):
+        return False
+    ends = [e for t in big for e in torch.aminmax(_wide(t))]  # a sum is not finite: a nan or an inf, or an overflow
     return bool(torch.isfinite(torch.stack(ends)).all())
 
 
-SMALL = 1 << 16  # elements: tensors below this are summed together (one cat and one sum instead of one each)
+SMALL = 1 << 16  # elements: tensors below this are scanned in one call (per-call cost dominates them)
+SCANNED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # what the scanning kernel takes
+_ONE: dict[torch.device, torch.Tensor] = {}  # the scale 1, per device
 
 
-def _sums(ts: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One sum per large tensor and one over all the small ones together (biases, BatchNorm's statistics:
-    on a small model the per-call cost of many small sums is most of a check); cat promotes mixed dtypes."""
-    small = [t for t in ts if t.numel() < SMALL]
-    big = [t.sum() for t in ts if t.numel() >= SMALL]
-    if len(small) < 2 or len({t.device for t in small}) > 1:
-        return big + [t.sum() for t in small]
-    return big + [torch.cat([t.reshape(-1) for t in small]).sum()]
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or as float32 where its dtype has no sum (the float8 types)."""
+    return t if t.dtype in SCANNED else t.float()
+
+
+def _scan(small: list[torch.Tensor], big: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One flag per device and dtype of ``small`` (> 0: a nan or an inf), each from one call of the scanning
+    kernel; a tensor it cannot take (a dtype it lacks, an expanded view it cannot write back) joins ``big``."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in small:
+        if t.dtype in SCANNED and (t.is_cpu or t.is_cuda):
+            groups.setdefault((t.get_device(), t.dtype), []).append(t)  # get_device: -1 on the CPU
+        else:
+            big.append(t)
+    flags = []
+    for group in groups.values():
+        dev = group[0].device
+        one = _ONE.get(dev)
+        if one is None:
+            one = _ONE.setdefault(dev, torch.ones(1, device=dev))
+        found = torch.zeros(1, device=dev)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
+        except (RuntimeError, NotImplementedError):
+            big.extend(group)
+            continue
+        flags.append(found)
+    return flags
 
 
 def require_finite(tensors: list, name: Callable[[int], str], lr: Callable[[], float]) -> None:

@@ -43,7 +43,7 @@ from .methods import Method
 from .precision import autocast, check_precision, eval_forward, to_boundary
 from .reversible import is_reversible, rebuild_input
 from .schedule import Schedule
-from .stage_records import InFlight, Telemetry, saved_bytes, shapes_of
+from .stage_records import InFlight, Telemetry, saved_bytes, shapes_of, signature
 
 SCHEDULER_INTERVALS = ("epoch", "step")
 
@@ -93,6 +93,7 @@ class Stage:
         self.inflight: dict[int, InFlight] = {}
         self.telemetry = Telemetry()
         self._snapshot: tuple[int, list[torch.Tensor]] | None = None
+        self._saved: dict[tuple, int] = {}  # input signature -> bytes its forward saves (stage_records.signature)
         self._sched_steps = 0
         self._last_backward = -1
         dev = self.params[0].device if self.params else torch.device("cpu")
@@ -108,11 +109,17 @@ class Stage:
         """Dropout masks of batch b depend on (seed, stage, b) only: equal in F and recompute, in one
         process or many."""
         seed = (self.seed * 1_000_003 + self.index * 7_919 + b) % (2**63)
-        with torch.random.fork_rng(devices=self._rng_devices):
-            torch.default_generator.manual_seed(seed)  # torch.manual_seed would also seed every backend
-            for i in self._rng_devices:
-                torch.cuda.default_generators[i].manual_seed(seed)
+        # what torch.random.fork_rng saves and restores, without its per-call checks (about 60 us a forward
+        # on a CPU against 10); torch.manual_seed would also seed every backend
+        gens = [torch.default_generator] + [torch.cuda.default_generators[i] for i in self._rng_devices]
+        states = [g.get_state() for g in gens]
+        for g in gens:
+            g.manual_seed(seed)
+        try:
             yield
+        finally:
+            for g, state in zip(gens, states):
+                g.set_state(state)
 
     def _call(self, x, weights: list[torch.Tensor] | None, buffers: dict | None = None):
         """The stage's forward (under bf16: autocast, and what goes up cast to bfloat16 in the graph)."""
@@ -163,7 +170,10 @@ class Stage:
         if self.sends_grad:
             x = require_grad(x)
         weights = self._snapshot_params() if self.delayed else None
-        with saved_bytes(weights or self.params) as saved, self._rng(b):
+        key = (signature(x), signature(y) if self.is_last or self.is_local else None, signature(x0))
+        known = self._saved.get(key)  # what a forward saves, counted at the first of each signature
+        with (saved_bytes(weights or self.params) if known is None else contextlib.nullcontext()) as saved, \
+                self._rng(b):
             out = self._call(x, weights)
             root, send = out, detach_tree(out)
             if self.is_last:
@@ -176,10 +186,12 @@ class Stage:
                 with autocast(self.precision, self.device):
                     root = self.head.loss(out, y.to(self.device), x0.to(self.device) if x0 is not None else None)
         self._check_forward(b, send, root if self.is_last or self.is_local else None)
-        for t in leaves(out):
-            if isinstance(t, torch.Tensor):
-                saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        self.inflight[b] = InFlight(self.num_updates, x, root, weights, sum(saved.values()))
+        if known is None:
+            for t in leaves(out):
+                if isinstance(t, torch.Tensor):
+                    saved.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            known = self._saved[key] = sum(saved.values())
+        self.inflight[b] = InFlight(self.num_updates, x, root, weights, known)
         self._track_bytes()
         return send
 
@@ -227,19 +239,24 @@ class Stage:
                 grad = map_tensors(lambda g: g * self.shrink, grad)
             roots, grad_out = pairs(root, grad)
         params = (weights if weights is not None else self.params) + self.head_params
-        inputs = params + (grad_leaves(x) if self.sends_grad else [])
-        grads = torch.autograd.grad(roots, inputs, grad_out, allow_unused=True) if roots else [None] * len(inputs)
-        for p, g in zip(self.params + self.head_params, grads[: len(params)]):
-            if g is None:
-                continue
-            if p.grad is None:
-                p.grad = g
-            else:
-                p.grad += g
+        xs = grad_leaves(x) if self.sends_grad else []
+        if weights is None and roots:  # into p.grad as a plain loop's backward does (ADL: summed into what is there)
+            torch.autograd.backward(roots, grad_out, inputs=params + xs)
+            sent = [t.grad for t in xs]
+        else:  # the gradients of the snapshot, summed into the parameters' p.grad
+            grads = torch.autograd.grad(roots, params + xs, grad_out, allow_unused=True) if roots else \
+                [None] * (len(params) + len(xs))
+            for p, g in zip(self.params + self.head_params, grads[: len(params)]):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad += g
+            sent = list(grads[len(params):])
         self._track_bytes()
         if not self.sends_grad:
             return None
-        sent = grads[len(params):]
         self._check(sent, "backward", b, self.schedule.backward_tick(self.index, b),
                     ["the gradient it sends down"] * len(sent))
         sent = grad_tree(x, sent)

@@ -13,9 +13,11 @@ What is measured, every run interleaved with the others (medians over repeats, s
 - model ops: the same stage modules run plainly (forward, backward with the same gradient, SGD step) on the
   same inputs: what BP also does; the plain loop runs the whole model the same way;
 - components, timed inside an instrumented run (its timers cost a few microseconds per call): the weight
-  snapshot, the RNG fork, the non-finite checks, the stored-bytes bookkeeping, the data feed, accuracy
-  telemetry; and, at batch 2 where the model's ops cost little, the fixed costs of the saved-tensor hooks,
-  ``functional_call`` and ``torch.autograd.grad`` over ``backward`` (differences of medians of 200 calls);
+  snapshot and its substitution into the module, the RNG fork, the non-finite checks, the stored-bytes
+  bookkeeping (the saved-tensor hooks run at the first forward of each input shape only), the data feed,
+  accuracy telemetry; and, at batch 2 where the model's ops cost little, the fixed cost of
+  ``torch.autograd.grad`` over ``backward`` at the stages that run on a snapshot (differences of medians of
+  200 calls; the other stages backward into ``p.grad`` as a plain loop does);
 - distributed: the main thread's CPU per tick of each stage process (``bench.runners``, malloc "all"), its
   message sends and receives and data feed, and the CPU of its other threads (gloo's).
 """
@@ -74,8 +76,7 @@ class Meter:
 
 def instrument(meter: Meter) -> None:
     """Wrap the engine's components (in this process only) with the meter's timers."""
-    import torch.nn.utils.stateless as stateless
-    from torchdecoupled import stage, worker
+    from torchdecoupled import stage, substitute, worker
     from torchdecoupled.engines import dist_feed, dist_transport
     S = stage.Stage
     S._rng = meter.timed_cm("rng fork", S._rng)
@@ -84,7 +85,7 @@ def instrument(meter: Meter) -> None:
     stage.saved_bytes = meter.timed_cm("stored-bytes bookkeeping", stage.saved_bytes)
     stage.require_finite = meter.timed("non-finite checks", stage.require_finite)
     stage.accuracy_counts = meter.timed("accuracy telemetry", stage.accuracy_counts)
-    stateless._reparametrize_module = meter.timed_cm("functional_call (reparametrize)", stateless._reparametrize_module)
+    substitute.Slots.substituted = meter.timed_cm("weight substitution", substitute.Slots.substituted)
     worker.Worker._batch = meter.timed("data feed", worker.Worker._batch)
     for cls in (dist_feed.ReaderFeed, dist_feed.RemoteFeed):
         cls.at_tick = meter.timed("data feed", cls.at_tick)
@@ -171,17 +172,19 @@ def plain_cpu(modules, opt_of, batches, n: int, warmup: int, split: bool) -> lis
 
 
 def fixed_costs(stages, x, reps: int = 200) -> dict:
-    """Batch-2 differences (ms per stage and batch): the saved-tensor hooks, autograd.grad + p.grad over backward."""
-    from torchdecoupled.stage_records import saved_bytes
-    out = {"saved-tensor hooks": 0.0, "autograd.grad over backward": 0.0}
+    """Batch-2 difference (ms per batch, summed over the stages that run on a snapshot): ``autograd.grad`` and
+    the assignment to ``p.grad`` over ``backward``."""
+    out = {"autograd.grad over backward": 0.0}
     h = x[:2]
     for s in stages:
         m, params = s.module, s.params
         xin = h.detach().requires_grad_(s.index > 0)
+        h = m(h).detach()
+        if not s.delayed or s.recompute:
+            continue
         g = torch.ones_like(m(xin))
         variants = {
             "base": lambda: m(xin).backward(g),
-            "hooks": lambda: _with(saved_bytes(params), lambda: m(xin).backward(g)),
             "grad": lambda: _assign(params, torch.autograd.grad(m(xin), params + ([xin] if s.index else []), g)),
         }
         times = {k: [] for k in variants}
@@ -194,15 +197,8 @@ def fixed_costs(stages, x, reps: int = 200) -> dict:
                     p.grad = None
                 xin.grad = None
         med = {k: statistics.median(v) / 1e6 for k, v in times.items()}
-        out["saved-tensor hooks"] += med["hooks"] - med["base"]
         out["autograd.grad over backward"] += med["grad"] - med["base"]
-        h = m(h).detach()
     return out
-
-
-def _with(cm, fn):
-    with cm:
-        fn()
 
 
 def _assign(params, grads):

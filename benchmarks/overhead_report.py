@@ -11,7 +11,7 @@ CASES = {  # name -> RunConfig fields
     "cnn1d_k1": dict(method="bp", stages=1, dataset="mnist1d"),
     "cnn1d_k3": dict(method="bp", stages=3, dataset="mnist1d"),
 }
-TIMED = ("snapshot", "rng fork", "non-finite checks", "stored-bytes bookkeeping", "functional_call (reparametrize)",
+TIMED = ("snapshot", "rng fork", "non-finite checks", "stored-bytes bookkeeping", "weight substitution",
          "data feed", "accuracy telemetry", "messages sent", "messages received")
 MARK = "## Engine overhead per batch (CPU)"
 

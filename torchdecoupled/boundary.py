@@ -59,6 +59,8 @@ def require_grad(tree):
 
 def to_device(tree, device, non_blocking: bool = True):
     """``tree`` with every tensor on ``device``."""
+    if isinstance(tree, torch.Tensor) and tree.device == device:
+        return tree
     return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), tree)
 
 

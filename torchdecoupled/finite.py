@@ -31,15 +31,30 @@ class NonFiniteError(ValueError):
 
 def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     """Whether every element of every tensor is finite (None and empty tensors skipped); one host sync."""
-    ts = [torch.view_as_real(t) if t.is_complex() else t for t in tensors
-          if t is not None and t.numel() and (t.is_floating_point() or t.is_complex())]  # integers are finite
-    if not ts:
-        return True
-    big = [t for t in ts if t.numel() >= SMALL]
-    flags = _scan([t for t in ts if t.numel() < SMALL] if big else ts, big)  # 1: a nan or an inf
+    groups: dict[tuple, list[torch.Tensor]] = {}  # (device index, dtype) -> small tensors, scanned
+    big: list[torch.Tensor] = []                  # summed
+    for t in tensors:
+        if t is None or not (t.is_floating_point() or t.is_complex()):  # integers are always finite
+            continue
+        if t.is_complex():
+            t = torch.view_as_real(t)
+        n = t.numel()
+        if n and n < SMALL and t.dtype in SCANNED and (t.is_cpu or t.is_cuda):
+            groups.setdefault((t.get_device(), t.dtype), []).append(t)  # get_device: -1 on the CPU
+        elif n:
+            big.append(t)
+    flags = []  # one per group: 1 if it holds a nan or an inf
+    for group in groups.values():
+        found = _scan(group)
+        if found is None:
+            big.extend(group)  # the kernel refused it
+        else:
+            flags.append(found)
     scanned = len(flags)
     if big:  # x * 0: 0 where x is finite, nan where it is not
         flags.append((torch.stack([_wide(t).sum() for t in big]).float().sum() * 0).reshape(1))
+    if not flags:
+        return True
     if (flags[0] if len(flags) == 1 else torch.cat([f.to(flags[0].device) for f in flags]).sum()).item() == 0:
         return True
     if any(f.item() for f in flags[:scanned]):
@@ -58,29 +73,20 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in SCANNED else t.float()
 
 
-def _scan(small: list[torch.Tensor], big: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One flag per device and dtype of ``small`` (> 0: a nan or an inf), each from one call of the scanning
-    kernel; a tensor it cannot take (a dtype it lacks, an expanded view it cannot write back) joins ``big``."""
-    groups: dict[tuple, list[torch.Tensor]] = {}
-    for t in small:
-        if t.dtype in SCANNED and (t.is_cpu or t.is_cuda):
-            groups.setdefault((t.get_device(), t.dtype), []).append(t)  # get_device: -1 on the CPU
-        else:
-            big.append(t)
-    flags = []
-    for group in groups.values():
-        dev = group[0].device
-        one = _ONE.get(dev)
-        if one is None:
-            one = _ONE.setdefault(dev, torch.ones(1, device=dev))
-        found = torch.zeros(1, device=dev)
-        try:
-            torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
-        except (RuntimeError, NotImplementedError):
-            big.extend(group)
-            continue
-        flags.append(found)
-    return flags
+def _scan(group: list[torch.Tensor]) -> torch.Tensor | None:
+    """1 (a one-element tensor) if an element of ``group`` (one device, one dtype) is a nan or an inf, else 0,
+    from one call of the scanning kernel; None if the kernel refuses the group (e.g. an expanded view, which
+    it cannot write back)."""
+    dev = group[0].device
+    one = _ONE.get(dev)
+    if one is None:
+        one = _ONE.setdefault(dev, torch.ones(1, device=dev))
+    found = torch.zeros(1, device=dev)
+    try:
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
+    except (RuntimeError, NotImplementedError):
+        return None
+    return found
 
 
 def require_finite(tensors: list, name: Callable[[int], str], lr: Callable[[], float]) -> None:

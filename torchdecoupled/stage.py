@@ -5,7 +5,7 @@ This is the only place compute happens; the simulator and the distributed engine
 A delayed backward must differentiate the computation that produced the batch's output (spec, "What a
 delayed backward differentiates"):
 
-- ``stash``: the forward runs on a snapshot of the weights (``torch.func.functional_call``), so the
+- ``stash``: the forward runs on a snapshot of the weights (``substitute.Slots``), so the
   in-place ``optimizer.step()`` of later ticks never touches the tensors autograd saved (PipeDream's
   weight stashing). Batches forwarded with the same weight version share one snapshot.
 - ``recompute``: keep only the stage input; at B run the forward again with the current weights on
@@ -33,7 +33,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .boundary import batch_size, detach_tree, grad_leaves, grad_tree, leaves, map_tensors, nbytes, pairs
 from .boundary import require_grad, to_device
@@ -43,6 +42,7 @@ from .methods import Method
 from .precision import autocast, check_precision, eval_forward, to_boundary
 from .reversible import is_reversible, rebuild_input
 from .schedule import Schedule
+from .substitute import Slots
 from .stage_records import InFlight, Telemetry, saved_bytes, shapes_of, signature
 
 SCHEDULER_INTERVALS = ("epoch", "step")
@@ -83,6 +83,7 @@ class Stage:
         if self.is_local and head is None:
             raise ValueError(f"stage {index} of a local-learning method needs an auxiliary head")
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        self.slots = Slots(module)  # where a snapshot's or a recompute's tensors go
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.head_params = [p for p in head.parameters() if p.requires_grad] if head is not None else []
         head_names = [f"head.{n}" for n, p in head.named_parameters() if p.requires_grad] if head is not None else []
@@ -127,10 +128,11 @@ class Stage:
             if weights is None and buffers is None:
                 out = self.module(x)
             else:
-                tensors = dict(zip(self.names, weights if weights is not None else self.params))
+                tensors = dict(zip(self.names, weights)) if weights is not None else {}
                 if buffers:
                     tensors.update(buffers)
-                out = functional_call(self.module, tensors, (x,))
+                with self.slots.substituted(tensors):
+                    out = self.module(x)
         return out if self.is_last else to_boundary(out, self.precision)
 
     def _snapshot_params(self) -> list[torch.Tensor]:

@@ -7,11 +7,13 @@ the simulator; each against a plain PyTorch loop (forward, loss, backward, SGD s
     python benchmarks/overhead.py [--repeats 5] [--batches 10] [--cases resnet20,cnn1d_k1,cnn1d_k3,resnet20_dist]
                                   [--doc docs/speed.md]
 
-What is measured, every run interleaved with the others (medians over repeats, spread = min-max):
+What is measured (medians over repeats, spread = min-max; the cases of a repeat in a rotating order):
 
 - engine: each stage's CPU over all its actions of a batch (F, B, U), mean over the batches after ``--warmup``;
 - model ops: the same stage modules run plainly (forward, backward with the same gradient, SGD step) on the
-  same inputs: what BP also does; the plain loop runs the whole model the same way;
+  same inputs: what BP also does; the plain loop runs the whole model the same way; both run in the same
+  process batch by batch between the engine's ticks (this machine's speed drifts by 10-40 % within a
+  minute: only a comparison within the same seconds holds);
 - components, timed inside an instrumented run (its timers cost a few microseconds per call): the weight
   snapshot and its substitution into the module, the RNG fork, the non-finite checks, the stored-bytes
   bookkeeping (the saved-tensor hooks run at the first forward of each input shape only), the data feed,
@@ -107,8 +109,9 @@ def build(case: str, batches: int):
     return run, [build_stage(run, k) for k in range(len(run.modules))], plain
 
 
-def engine_cpu(stages, schedule, batches, warmup: int) -> list[float]:
-    """Each stage's CPU ms per batch: all its actions of batch b, mean over b >= warmup."""
+def engine_cpu(stages, schedule, batches, warmup: int, between=None) -> list[float]:
+    """Each stage's CPU ms per batch: all its actions of batch b, mean over b >= warmup; ``between(t)`` runs
+    after each tick t (the plain loops, interleaved batch by batch, so that both see the machine alike)."""
     from torchdecoupled.engines.sim import SharedBatches
     from torchdecoupled.schedule import run_tick
     from torchdecoupled.transport import LocalTransport
@@ -124,6 +127,8 @@ def engine_cpu(stages, schedule, batches, warmup: int) -> list[float]:
         spent[a.stage][b] = spent[a.stage].get(b, 0) + time.thread_time_ns() - t0
     for t in range(schedule.num_ticks):
         run_tick(schedule, t, lambda a: workers[a.stage].ready(a), run)
+        if between is not None:
+            between(t)
     n = schedule.num_batches
     return [sum(d.get(b, 0) for b in range(warmup, n)) / (n - warmup) / 1e6 for d in spent]
 
@@ -143,32 +148,41 @@ def stage_inputs(plain, x, y):
     return [t.detach() for t in xs], grads
 
 
-def plain_cpu(modules, opt_of, batches, n: int, warmup: int, split: bool) -> list[float]:
-    """A plain loop: the whole model, its batch reads included (split False: one number), or each stage
-    module on its own inputs and output gradients (the model's ops; one number per stage)."""
-    opts = [opt_of(m.parameters()) for m in modules]
-    whole = torch.nn.Sequential(*modules)
-    totals = [0] * (len(modules) if split else 1)
-    for b in range(n):
+class PlainLoop:
+    """A plain loop, one batch per ``step(b)``: the whole model, its batch read included (split False: one
+    number), or each stage module on its own inputs and output gradients (the model's ops; one per stage)."""
+
+    def __init__(self, modules, opt_of, batches, warmup: int, split: bool):
+        self.modules, self.batches, self.warmup, self.split = modules, batches, warmup, split
+        self.opts = [opt_of(m.parameters()) for m in modules]
+        self.whole = torch.nn.Sequential(*modules)
+        self.totals, self.n = [0] * (len(modules) if split else 1), 0
+
+    def step(self, b: int) -> None:
         t_read = time.thread_time_ns()
-        x, y = batches.get(b)
+        x, y = self.batches.get(b)
         t_read = time.thread_time_ns() - t_read
-        if split:
-            xs, grads = stage_inputs(whole, x, y)
-            for k, m in enumerate(modules):
-                t0 = time.thread_time_ns()
-                out = m(xs[k].requires_grad_(k > 0))
-                out.backward(grads[k]) if grads[k] is not None else torch.nn.functional.cross_entropy(out, y).backward()
-                opts[k].step()
-                opts[k].zero_grad(set_to_none=True)
-                totals[k] += (time.thread_time_ns() - t0) if b >= warmup else 0
-        else:
+        timed = b >= self.warmup
+        self.n += timed
+        if not self.split:
             t0 = time.thread_time_ns() - t_read  # a plain loop reads its batches too
-            torch.nn.functional.cross_entropy(whole(x), y).backward()
-            opts[0].step()
-            opts[0].zero_grad(set_to_none=True)
-            totals[0] += (time.thread_time_ns() - t0) if b >= warmup else 0
-    return [t / (n - warmup) / 1e6 for t in totals]
+            torch.nn.functional.cross_entropy(self.whole(x), y).backward()
+            self.opts[0].step()
+            self.opts[0].zero_grad(set_to_none=True)
+            self.totals[0] += (time.thread_time_ns() - t0) if timed else 0
+            return
+        xs, grads = stage_inputs(self.whole, x, y)
+        for k, (m, opt) in enumerate(zip(self.modules, self.opts)):
+            t0 = time.thread_time_ns()
+            out = m(xs[k].requires_grad_(k > 0))
+            out.backward(grads[k]) if grads[k] is not None else torch.nn.functional.cross_entropy(out, y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.totals[k] += (time.thread_time_ns() - t0) if timed else 0
+
+    def result(self) -> list[float]:
+        """CPU ms per timed batch."""
+        return [t / max(self.n, 1) / 1e6 for t in self.totals]
 
 
 def fixed_costs(stages, x, reps: int = 200) -> dict:
@@ -207,21 +221,29 @@ def _assign(params, grads):
 
 
 def sim_repeat(case: str, batches: int, warmup: int, meter: Meter) -> dict:
-    """One repeat of a simulator case: engine, instrumented engine, model ops, plain loop (in a rotating
-    order), and the batch-2 fixed costs."""
+    """One repeat of a simulator case: the engine with the plain loop and the model ops interleaved batch by
+    batch, the instrumented engine, and the batch-2 fixed costs."""
     from torchdecoupled.build import make_optimizer
     out = {}
     run, stages, plain = build(case, batches)
     opt_of = lambda ps: make_optimizer(run.config, list(ps))  # noqa: E731
-    out["engine"] = engine_cpu(stages, run.schedule, run.batches, warmup)
+    whole = PlainLoop(list(copy.deepcopy(plain)), opt_of, run.batches, warmup, split=False)
+    split = PlainLoop(list(copy.deepcopy(plain)), opt_of, run.batches, warmup, split=True)
+
+    n = run.schedule.num_batches  # MNIST-1D: its whole epoch
+
+    def plain_batch(t):  # after tick t, batch t of each plain loop: engine and plain loops side by side in time
+        if t < n:
+            whole.step(t)
+            split.step(t)
+    out["engine"] = engine_cpu(stages, run.schedule, run.batches, warmup, between=plain_batch)
+    out["plain"], out["model ops"] = whole.result()[0], split.result()
     run, stages, _ = build(case, batches)
     meter.ns, meter.on = dict.fromkeys(TIMED, 0), True
     out["instrumented"] = engine_cpu(stages, run.schedule, run.batches, warmup)
     meter.on = False
-    per = (batches - warmup)
+    per = n - warmup
     out["components"] = {k: v / per / 1e6 for k, v in meter.ns.items() if v}
-    out["model ops"] = plain_cpu(list(copy.deepcopy(plain)), opt_of, run.batches, batches, warmup, split=True)
-    out["plain"] = plain_cpu(list(copy.deepcopy(plain)), opt_of, run.batches, batches, warmup, split=False)[0]
     out["fixed"] = fixed_costs(stages, run.batches.get(0)[0])
     return out
 

@@ -17,6 +17,7 @@ finite one). What a stage receives is not checked again: its sender did.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, Iterable
 
 import torch
@@ -43,19 +44,21 @@ def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
             groups.setdefault((t.get_device(), t.dtype), []).append(t)  # get_device: -1 on the CPU
         elif n:
             big.append(t)
-    flags = []  # one per group: 1 if it holds a nan or an inf
+    flags = []  # a device's groups: 1 if it holds a nan or an inf
     for group in groups.values():
         found = _scan(group)
         if found is None:
             big.extend(group)  # the kernel refused it
+        elif isinstance(found, float):
+            if found:  # a CPU group, read at once
+                return False
         else:
             flags.append(found)
     scanned = len(flags)
     if big:  # x * 0: 0 where x is finite, nan where it is not
         flags.append((torch.stack([_wide(t).sum() for t in big]).float().sum() * 0).reshape(1))
-    if not flags:
-        return True
-    if (flags[0] if len(flags) == 1 else torch.cat([f.to(flags[0].device) for f in flags]).sum()).item() == 0:
+    if not flags or (flags[0] if len(flags) == 1 else torch.cat([f.to(flags[0].device) for f in flags]).sum()
+                     ).item() == 0:
         return True
     if any(f.item() for f in flags[:scanned]):
         return False
@@ -73,20 +76,38 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in SCANNED else t.float()
 
 
-def _scan(group: list[torch.Tensor]) -> torch.Tensor | None:
-    """1 (a one-element tensor) if an element of ``group`` (one device, one dtype) is a nan or an inf, else 0,
-    from one call of the scanning kernel; None if the kernel refuses the group (e.g. an expanded view, which
-    it cannot write back)."""
+def _scan(group: list[torch.Tensor]) -> torch.Tensor | float | None:
+    """Whether an element of ``group`` (one device, one dtype) is a nan or an inf, from one call of the scanning
+    kernel: on the CPU 1.0 or 0.0 (read through numpy: no more tensor ops), elsewhere a one-element tensor (read
+    later, with the other checks, in one sync); None if the kernel refuses the group (e.g. an expanded view,
+    which it cannot write back)."""
     dev = group[0].device
     one = _ONE.get(dev)
     if one is None:
         one = _ONE.setdefault(dev, torch.ones(1, device=dev))
-    found = torch.zeros(1, device=dev)
+    cpu = dev.type == "cpu"
+    if cpu:
+        found, view = _cpu_flag()
+        view[0] = 0.0
+    else:
+        found = torch.zeros(1, device=dev)
     try:
         torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
     except (RuntimeError, NotImplementedError):
         return None
-    return found
+    return float(view[0]) if cpu else found
+
+
+_LOCAL = threading.local()
+
+
+def _cpu_flag():
+    """This thread's CPU flag tensor and its numpy view (a stage per thread: no flag is shared)."""
+    flag = getattr(_LOCAL, "flag", None)
+    if flag is None:
+        t = torch.zeros(1)
+        flag = _LOCAL.flag = (t, t.numpy())
+    return flag
 
 
 def require_finite(tensors: list, name: Callable[[int], str], lr: Callable[[], float]) -> None:

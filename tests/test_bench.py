@@ -218,3 +218,40 @@ def test_targets_verdict_names_what_is_missed():
     assert _met(t).startswith(": missed (dtrp / bp_1thread;")
     assert _met({**t, "dtrp_over_bp_1thread": 1.5}) == ": all met"
     assert _met({}) == ""
+
+
+SPEED_MD = """## Engine overhead per batch (CPU)
+
+Machine: Linux, 2 CPUs, torch 2.13.0+cpu, commit abc1234; load average 0.5 at the end.
+
+**cnn1d_k1** (cnn1d_bn, bp, K = 1, simulator): engine 2.00 (1.9-2.1) ms per batch, plain loop 1.70 (1.6-1.8), ratio **1.176** (1.150-1.190); the stage modules run plainly (model ops) 1.6.
+
+## Small models: where decoupling starts to pay
+
+Machine: Linux, 2 CPUs, torch 2.13.0+cpu, commit def5678; load average 1.0 at the end.
+
+| model | batch | BP ms/step | FDG ms/tick | FDG / BP (images/s) | stage CPU ms/tick |
+|---|---:|---:|---:|---:|---|
+| cnn1d_bn | 50 | 1.50 | 3.00 | **0.50x** | 1 / 1 |
+| resnet20 | 1 | 9.00 | 7.00 | **1.29x** | 6 / 6 |
+
+FDG is faster than BP here from a BP step of 9.0 ms up and slower at 1.5 ms and below.
+"""
+PLANNER_MD = """## Validation: predicted against measured, this machine
+
+Largest error of the time per tick 12.5 % (target: within 15 %): met; of a stage's CPU time per tick 9.0 %.
+"""
+
+
+def test_the_engines_other_targets_are_quoted_with_their_verdicts():
+    from torchdecoupled.bench.other_targets import other_targets_section
+    lines = other_targets_section(SPEED_MD, PLANNER_MD)
+    sim, small, plan = [line for line in lines if line.startswith("- ")]
+    assert "**1.176x** (1.150-1.190; target 1.10x): missed" in sim and "(commit abc1234)" in sim
+    assert "batch 50: 0.50x; FDG does not beat BP there. FDG is faster than BP here from a BP step of 9.0 ms" in small
+    assert "(commit def5678)" in small
+    assert "**12.5 %** (target 15 %): met." in plan
+    met = other_targets_section(SPEED_MD.replace("**1.176**", "**1.080**"), PLANNER_MD.replace("12.5 %", "27.2 %"))
+    assert "**1.080x** (1.150-1.190; target 1.10x): met" in met[4] and "**27.2 %** (target 15 %): missed" in met[6]
+    empty = other_targets_section(None, None)
+    assert all("not measured yet" in line or "not validated yet" in line for line in empty if line.startswith("- "))

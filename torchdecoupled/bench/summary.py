@@ -6,11 +6,13 @@ from __future__ import annotations
 from . import claims as claims_mod
 from .docs_tables import acceptance, provenance, section, table_lines
 from .jobs import PIPE
+from .other_targets import other_targets_section
 from .report import TARGETS, batch_words, data_words, markdown, unit_short, verdict
 
 LOADED = 0.5  # a load average per CPU above this before the run: other jobs were running
 DOCS = {"memory": "docs/memory.md", "accuracy": "docs/accuracy.md", "accuracy_methods": "docs/accuracy_methods.md",
-        "accuracy_nobn": "docs/accuracy_cnn1d_nobn.md", "lm": "docs/lm.md"}
+        "accuracy_nobn": "docs/accuracy_cnn1d_nobn.md", "lm": "docs/lm.md", "speed": "docs/speed.md",
+        "planner": "docs/planner.md"}
 
 
 def _met(t: dict) -> str:
@@ -147,6 +149,7 @@ def render(meta: dict, speed: dict | None, docs: dict, measured: set, figures: d
             "speed run. The decoupled methods' speed is theirs on one core per stage (K = 2).", "",
             *claims_mod.claims_table(found), ""]
     out += speed_section(speed, figures.get("speed", ""))
+    out += other_targets_section(docs.get("speed"), docs.get("planner"))
     out += memory_section(docs.get("memory"), "memory" in measured, figures.get("memory"))
     out += accuracy_section(docs, measured, figures.get("accuracy"))
     return "\n".join(out).rstrip() + "\n"

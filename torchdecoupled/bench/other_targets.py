@@ -21,9 +21,14 @@ def _commit(lines: list[str]) -> str:
     return f" (commit {m.group(1)})" if m else ""
 
 
+def _match(text: str | None, title_word: str, pattern: re.Pattern) -> tuple[list[str], re.Match | None]:
+    """The lines of the section titled with ``title_word`` and the first match of ``pattern`` in them."""
+    lines = section(text, title_word)
+    return lines, next((m for m in map(pattern.search, lines) if m), None)
+
+
 def simulator_line(speed_md: str | None) -> str:
-    lines = section(speed_md, "Engine overhead per batch")
-    m = next((_SIM.search(line) for line in lines if _SIM.search(line)), None)
+    lines, m = _match(speed_md, "Engine overhead per batch", _SIM)
     if m is None:
         return "- Simulator against a plain loop: not measured yet (`python benchmarks/overhead.py --doc docs/speed.md`)."
     ratio = float(m.group(1))
@@ -34,21 +39,19 @@ def simulator_line(speed_md: str | None) -> str:
 
 
 def small_model_line(speed_md: str | None) -> str:
-    lines = section(speed_md, "where decoupling starts to pay")
-    rows = [r for h, body in tables("\n".join(lines)) for r in body if r and r[0] == "cnn1d_bn"]
-    pays = next((_PAYS.search(line).group() for line in lines if _PAYS.search(line)), None)
+    lines, pays = _match(speed_md, "where decoupling starts to pay", _PAYS)
+    rows = [r for _, body in tables("\n".join(lines)) for r in body if r and r[0] == "cnn1d_bn"]
     if not rows or pays is None:
         return "- Small models: not measured yet (`python benchmarks/crossover.py --doc docs/speed.md`)."
     ratios = ", ".join(f"batch {r[1]}: {r[4].replace('**', '')}" for r in rows)
     beats = all(float(r[4].strip("*x")) > 1 for r in rows)
     word = "FDG beats BP there" if beats else "FDG does not beat BP there"
-    return (f"- Small models, FDG K = 2 over BP with 1 thread on cnn1d_bn: {ratios}; {word}. {pays} (docs/speed.md, "
+    return (f"- Small models, FDG K = 2 over BP with 1 thread on cnn1d_bn: {ratios}; {word}. {pays.group()} (docs/speed.md, "
             f"\"Small models: where decoupling starts to pay\", with the fixed costs per tick{_commit(lines)}).")
 
 
 def planner_line(planner_md: str | None) -> str:
-    lines = section(planner_md, "Validation")
-    m = next((_PLAN.search(line) for line in lines if _PLAN.search(line)), None)
+    _, m = _match(planner_md, "Validation", _PLAN)
     if m is None:
         return "- Planner: not validated yet (`python benchmarks/plan_validate.py`)."
     err = float(m.group(1))

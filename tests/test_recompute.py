@@ -266,3 +266,4 @@ def test_stash_counts_saved_bytes_once_per_input_shape_and_equal_to_a_count_ever
     assert keys == [2, 2, 2]  # the 8-row and the 5-row shapes
     sizes = {n for tick in cached for n in tick[0].values()}
     assert len(sizes) == 2 and all(n > 0 for n in sizes)  # stage 0 saves less for a 5-row batch
+

@@ -242,12 +242,13 @@ class Stage:
             roots, grad_out = pairs(root, grad)
         params = (weights if weights is not None else self.params) + self.head_params
         xs = grad_leaves(x) if self.sends_grad else []
-        if weights is None and roots:  # into p.grad as a plain loop's backward does (ADL: summed into what is there)
+        if not (roots and params + xs):  # nothing to differentiate, or nothing to differentiate for
+            sent = [None] * len(xs)
+        elif weights is None:  # into p.grad as a plain loop's backward does (ADL: summed into what is there)
             torch.autograd.backward(roots, grad_out, inputs=params + xs)
             sent = [t.grad for t in xs]
         else:  # the gradients of the snapshot, summed into the parameters' p.grad
-            grads = torch.autograd.grad(roots, params + xs, grad_out, allow_unused=True) if roots else \
-                [None] * (len(params) + len(xs))
+            grads = torch.autograd.grad(roots, params + xs, grad_out, allow_unused=True)
             for p, g in zip(self.params + self.head_params, grads[: len(params)]):
                 if g is None:
                     continue

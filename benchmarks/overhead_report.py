@@ -60,7 +60,10 @@ def dist_table(reps: list[list[dict]], plain: list[float] | None) -> list[str]:
     lines = [f"**resnet20 distributed** (FDG, K = 2, 2 processes x 1 thread): main-thread CPU per tick "
              f"stage 0 {med(main[0])}, stage 1 {med(main[1])}, together {med(total)} ms"
              + (f"; the plain loop (this process) {med(plain)}: work factor "
-                f"**{statistics.median(plain) / statistics.median(total):.3f}**" if plain else "") + ".", "",
+                f"**{statistics.median(plain) / statistics.median(total):.3f}** (the plain loop ran in the simulator "
+                f"part of each repeat, up to a minute away from the stage processes on a machine whose speed drifts "
+                f"by 10-40 % in that time: read the speed benchmark's work factor, measured side by side, instead)"
+                if plain else "") + ".", "",
              "| CPU ms per batch | stage 0 | stage 1 |", "|---|---:|---:|"]
     lines.append(f"| main thread | {med(main[0])} | {med(main[1])} |")
     lines.append(f"| other threads (gloo) | {med([r[0]['other'] for r in reps])} | {med([r[1]['other'] for r in reps])} |")

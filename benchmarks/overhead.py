@@ -261,7 +261,7 @@ def dist_child(rank: int, port: int, out: str, steps: int) -> None:
     torch.set_num_threads(1)
     meter = Meter()
     instrument(meter)
-    job = Job("fdg", "resnet20", boundaries=(4,), warmup=2, steps=steps)
+    job = Job("fdg", "resnet20", boundaries=(4,), warmup=4, steps=steps)  # as the full speed run
     totals, actions = [], runners._TickClock.actions
 
     def tick(self, t, k):

@@ -100,7 +100,8 @@ class Stage:
         dev = self.params[0].device if self.params else torch.device("cpu")
         self.device = dev
         check_precision(precision, self.params[0].dtype if self.params else None)
-        self._rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+        self._generators = [torch.default_generator] + (  # what _rng seeds and restores
+            [torch.cuda.default_generators[dev.index or 0]] if dev.type == "cuda" else [])
         if self.recompute and hasattr(predictor, "attach"):
             predictor.attach(self)  # its optimizer hooks must see every update, also one before the first F
 
@@ -112,14 +113,13 @@ class Stage:
         seed = (self.seed * 1_000_003 + self.index * 7_919 + b) % (2**63)
         # what torch.random.fork_rng saves and restores, without its per-call checks (about 60 us a forward
         # on a CPU against 10); torch.manual_seed would also seed every backend
-        gens = [torch.default_generator] + [torch.cuda.default_generators[i] for i in self._rng_devices]
-        states = [g.get_state() for g in gens]
-        for g in gens:
+        states = [g.get_state() for g in self._generators]
+        for g in self._generators:
             g.manual_seed(seed)
         try:
             yield
         finally:
-            for g, state in zip(gens, states):
+            for g, state in zip(self._generators, states):
                 g.set_state(state)
 
     def _call(self, x, weights: list[torch.Tensor] | None, buffers: dict | None = None):
@@ -142,8 +142,7 @@ class Stage:
         return self._snapshot[1]
 
     def _track_bytes(self) -> None:
-        snaps = {id(r.params): sum(t.nbytes for t in r.params) for r in self.inflight.values() if r.params}
-        now = sum(r.nbytes for r in self.inflight.values()) + sum(snaps.values())
+        now = self.stored_bytes
         t = self.telemetry
         t.peak_bytes = max(t.peak_bytes, now)
         t.epoch_peak_bytes = max(t.epoch_peak_bytes, now)

@@ -56,12 +56,6 @@ class Raw:
         self.dtype, self.shape = t.dtype, tuple(t.shape)
         self.data = t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
-    def __getstate__(self):
-        return self.dtype, self.shape, self.data
-
-    def __setstate__(self, state):
-        self.dtype, self.shape, self.data = state
-
     def tensor(self) -> torch.Tensor:
         if not self.data:
             return torch.empty(self.shape, dtype=self.dtype)
